@@ -1,0 +1,53 @@
+//! Why a connection ended. The labels are stable: logs and counters use them.
+
+/// The reason a connection ended, from the proxy's point of view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// Both sides finished cleanly (close_notify / FIN each way).
+    Done,
+    /// The client sent FIN without close_notify (possible truncation; relayed as FIN).
+    ClientEofNoCloseNotify,
+    HandshakeTimeout,
+    /// The client closed or reset before the handshake finished.
+    HandshakeEof,
+    /// The client spoke something that is not acceptable TLS (garbage, bad record, alert).
+    TlsError,
+    BackendConnectRefused,
+    BackendConnectTimeout,
+    BackendConnectError,
+    ClientIoError,
+    BackendIoError,
+    IdleTimeout,
+    /// Shutdown's drain_timeout elapsed with the connection still open.
+    DrainTimeout,
+}
+
+impl CloseReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::Done => "done",
+            CloseReason::ClientEofNoCloseNotify => "client_eof_without_close_notify",
+            CloseReason::HandshakeTimeout => "handshake_timeout",
+            CloseReason::HandshakeEof => "handshake_eof",
+            CloseReason::TlsError => "tls_error",
+            CloseReason::BackendConnectRefused => "backend_connect_refused",
+            CloseReason::BackendConnectTimeout => "backend_connect_timeout",
+            CloseReason::BackendConnectError => "backend_connect_error",
+            CloseReason::ClientIoError => "client_io_error",
+            CloseReason::BackendIoError => "backend_io_error",
+            CloseReason::IdleTimeout => "idle_timeout",
+            CloseReason::DrainTimeout => "drain_timeout",
+        }
+    }
+
+    /// Whether the connection ended normally (not counted as a failure).
+    pub fn is_clean(self) -> bool {
+        matches!(self, CloseReason::Done | CloseReason::ClientEofNoCloseNotify)
+    }
+}
+
+impl std::fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

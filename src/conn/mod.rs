@@ -1,0 +1,9 @@
+//! Per-connection protocol logic with no I/O: the caller owns sockets, buffers and clocks.
+//!
+//! - [`tls`]: drives a rustls unbuffered server connection over caller-owned buffers.
+//! - [`client_hello`]: a pure ClientHello peek (SNI, ALPN) that can say "need more bytes".
+//! - [`close`]: why a connection ended, as a stable label for logs and counters.
+
+pub mod client_hello;
+pub mod close;
+pub mod tls;

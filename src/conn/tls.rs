@@ -1,0 +1,496 @@
+//! Drives a rustls [`UnbufferedServerConnection`] over caller-owned buffers, with no I/O.
+//!
+//! The caller reads client bytes into `incoming`, calls [`ServerTls::read`], writes the
+//! decrypted bytes to the backend and the [`OutBuf`] bytes to the client. Encryption of
+//! backend bytes ([`ServerTls::encrypt`]) appends to the same [`OutBuf`], so every record —
+//! handshake, alert, ticket, application data — reaches the client in the order rustls
+//! produced it, whichever direction produced it.
+//!
+//! Invariants:
+//! - when `read` returns, rustls holds no undelivered plaintext, so `encrypt` always finds the
+//!   connection ready to write;
+//! - every call gets the same `incoming` bytes rustls saw last (minus what it said to
+//!   discard): its handshake deframer keeps offsets into that buffer between calls (a
+//!   handshake message split across records), so a different buffer — even an empty one —
+//!   would make it index out of bounds. The write path therefore takes `incoming` too.
+
+use std::sync::Arc;
+
+use rustls::server::UnbufferedServerConnection;
+use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedStatus};
+use rustls::{HandshakeKind, ServerConfig};
+
+/// Largest plaintext one TLS record can carry.
+pub const MAX_RECORD_PLAINTEXT: usize = 16 * 1024;
+/// Largest TLS record on the wire (header + 2^14 + 256 expansion, RFC 8446 §5.2).
+pub const MAX_RECORD_WIRE: usize = 5 + MAX_RECORD_PLAINTEXT + 256;
+/// Per-record expansion bound used to size output buffers (header, nonce, tag, type).
+const RECORD_OVERHEAD: usize = 64;
+/// Room kept in output buffers for alerts, tickets and key updates between data records.
+pub const CONTROL_SLACK: usize = 4096;
+
+/// Output buffer size needed to encrypt `plain_len` bytes of plaintext plus control records.
+pub fn out_capacity(plain_len: usize) -> usize {
+    plain_len + plain_len.div_ceil(MAX_RECORD_PLAINTEXT).max(1) * RECORD_OVERHEAD + CONTROL_SLACK
+}
+
+/// Bytes waiting to go to the client: a fixed-capacity buffer filled from the front.
+///
+/// The backing `Vec` always has `len == capacity` (initialised once) so rustls can encode
+/// straight into the spare part; `filled` marks how much is meaningful.
+#[derive(Debug)]
+pub struct OutBuf {
+    buf: Vec<u8>,
+    filled: usize,
+}
+
+impl OutBuf {
+    pub fn with_capacity(cap: usize) -> Self {
+        OutBuf {
+            buf: vec![0; cap],
+            filled: 0,
+        }
+    }
+    pub fn filled(&self) -> usize {
+        self.filled
+    }
+    pub fn is_empty(&self) -> bool {
+        self.filled == 0
+    }
+    pub fn spare(&self) -> usize {
+        self.buf.len() - self.filled
+    }
+    pub fn as_slice(&self) -> &[u8] {
+        &self.buf[..self.filled]
+    }
+    /// Hands out the backing storage (for an owned-buffer write) and how much of it is filled.
+    pub fn take(&mut self, replacement: Vec<u8>) -> (Vec<u8>, usize) {
+        let filled = std::mem::replace(&mut self.filled, 0);
+        (std::mem::replace(&mut self.buf, replacement), filled)
+    }
+    /// Returns storage handed out by [`OutBuf::take`] once its bytes were sent.
+    pub fn restore(&mut self, buf: Vec<u8>) {
+        debug_assert_eq!(self.filled, 0);
+        self.buf = buf;
+    }
+    fn spare_mut(&mut self) -> &mut [u8] {
+        &mut self.buf[self.filled..]
+    }
+    fn grow_for(&mut self, extra: usize) {
+        let need = self.filled + extra;
+        if need > self.buf.len() {
+            self.buf.resize(need, 0);
+        }
+    }
+}
+
+/// What a [`ServerTls::read`] call achieved.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// The client sent close_notify: no more application data will come.
+    pub peer_closed: bool,
+    /// `plain` has less than one record of room left; write it out and call again.
+    pub plain_full: bool,
+}
+
+#[derive(Debug)]
+pub enum TlsError {
+    /// The peer broke the protocol (or sent an alert). Alert bytes, if any, are in the OutBuf.
+    Protocol(rustls::Error),
+    /// The connection cannot take application data in its current state.
+    NotWritable(&'static str),
+}
+
+impl std::fmt::Display for TlsError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TlsError::Protocol(e) => write!(f, "{e}"),
+            TlsError::NotWritable(why) => write!(f, "connection not writable: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for TlsError {}
+
+/// Handshake facts for logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandshakeInfo {
+    pub version: &'static str,
+    pub suite: &'static str,
+    pub alpn: Option<String>,
+    pub resumed: bool,
+}
+
+pub struct ServerTls {
+    conn: UnbufferedServerConnection,
+    failed: bool,
+}
+
+impl ServerTls {
+    pub fn new(config: Arc<ServerConfig>) -> Result<Self, rustls::Error> {
+        Ok(ServerTls {
+            conn: UnbufferedServerConnection::new(config)?,
+            failed: false,
+        })
+    }
+
+    pub fn is_handshaking(&self) -> bool {
+        self.conn.is_handshaking()
+    }
+
+    pub fn info(&self) -> HandshakeInfo {
+        HandshakeInfo {
+            version: self
+                .conn
+                .protocol_version()
+                .and_then(|v| v.as_str())
+                .unwrap_or("-"),
+            suite: self
+                .conn
+                .negotiated_cipher_suite()
+                .map_or("-", crate::tls::suite_name),
+            alpn: self
+                .conn
+                .alpn_protocol()
+                .map(|p| String::from_utf8_lossy(p).into_owned()),
+            resumed: self.conn.handshake_kind() == Some(HandshakeKind::Resumed),
+        }
+    }
+
+    /// Processes every complete record in `incoming` (removing them from its front):
+    /// application data goes to `plain` (never beyond its capacity), TLS output to `out`.
+    ///
+    /// Stops when it needs more input, when `plain` cannot take another full record, or when
+    /// the client has closed. On a protocol error the alert rustls wants to send is put in `out`.
+    pub fn read(
+        &mut self,
+        incoming: &mut Vec<u8>,
+        plain: &mut Vec<u8>,
+        out: &mut OutBuf,
+    ) -> Result<Progress, TlsError> {
+        let mut progress = Progress::default();
+        loop {
+            if plain.capacity() - plain.len() < MAX_RECORD_PLAINTEXT {
+                progress.plain_full = true;
+                return Ok(progress);
+            }
+            let UnbufferedStatus { discard, state } = self.conn.process_tls_records(incoming);
+            let mut rest = false;
+            let result = match state {
+                Err(e) => Err(e),
+                Ok(ConnectionState::ReadTraffic(mut traffic)) => {
+                    let mut r = Ok(());
+                    while let Some(record) = traffic.next_record() {
+                        match record {
+                            Ok(record) => plain.extend_from_slice(record.payload),
+                            Err(e) => {
+                                r = Err(e);
+                                break;
+                            }
+                        }
+                    }
+                    r
+                }
+                Ok(ConnectionState::EncodeTlsData(mut encode)) => encode_into(&mut encode, out),
+                Ok(ConnectionState::TransmitTlsData(transmit)) => {
+                    // The bytes are already queued in `out`, in order; the caller sends them.
+                    transmit.done();
+                    Ok(())
+                }
+                Ok(ConnectionState::PeerClosed) => {
+                    progress.peer_closed = true;
+                    Ok(())
+                }
+                Ok(ConnectionState::Closed) => {
+                    progress.peer_closed = true;
+                    rest = true;
+                    Ok(())
+                }
+                Ok(ConnectionState::BlockedHandshake | ConnectionState::WriteTraffic(_)) => {
+                    rest = true;
+                    Ok(())
+                }
+                Ok(_) => Err(rustls::Error::General("unexpected TLS connection state".into())),
+            };
+            incoming.drain(..discard);
+            if let Err(e) = result {
+                self.fail(incoming, out);
+                return Err(TlsError::Protocol(e));
+            }
+            if rest {
+                return Ok(progress);
+            }
+        }
+    }
+
+    /// Encrypts `plain` as application data records appended to `out`.
+    ///
+    /// `out` must have room for [`out_capacity`]`(plain.len())` minus the control slack.
+    /// `incoming` holds the client bytes not yet processed (see the module invariants); it is
+    /// only looked at, never consumed.
+    pub fn encrypt(&mut self, incoming: &mut [u8], plain: &[u8], out: &mut OutBuf) -> Result<(), TlsError> {
+        self.write_with(incoming, out, |traffic, spare| traffic.encrypt(plain, spare))
+    }
+
+    /// Appends a close_notify alert to `out`.
+    pub fn close_notify(&mut self, incoming: &mut [u8], out: &mut OutBuf) -> Result<(), TlsError> {
+        self.write_with(incoming, out, |traffic, spare| traffic.queue_close_notify(spare))
+    }
+
+    fn write_with(
+        &mut self,
+        incoming: &mut [u8],
+        out: &mut OutBuf,
+        mut write: impl FnMut(&mut rustls::unbuffered::WriteTraffic<'_, rustls::server::ServerConnectionData>, &mut [u8]) -> Result<usize, EncryptError>,
+    ) -> Result<(), TlsError> {
+        if self.failed {
+            return Err(TlsError::NotWritable("connection failed"));
+        }
+        // Bounded: each pass either finishes or flushes one queued control record first.
+        for _ in 0..16 {
+            let UnbufferedStatus { discard, state } = self.conn.process_tls_records(incoming);
+            if discard != 0 {
+                // `read` consumes every complete record, so nothing here can be new input.
+                self.failed = true;
+                return Err(TlsError::NotWritable("unprocessed client records"));
+            }
+            match state.map_err(TlsError::Protocol)? {
+                ConnectionState::WriteTraffic(mut traffic) => {
+                    return match write(&mut traffic, out.spare_mut()) {
+                        Ok(n) => {
+                            out.filled += n;
+                            Ok(())
+                        }
+                        Err(EncryptError::InsufficientSize(need)) => {
+                            out.grow_for(need.required_size);
+                            let n = write(&mut traffic, out.spare_mut())
+                                .map_err(|e| TlsError::Protocol(rustls::Error::General(e.to_string())))?;
+                            out.filled += n;
+                            Ok(())
+                        }
+                        Err(e) => Err(TlsError::Protocol(rustls::Error::General(e.to_string()))),
+                    };
+                }
+                ConnectionState::EncodeTlsData(mut encode) => {
+                    encode_into(&mut encode, out).map_err(TlsError::Protocol)?
+                }
+                ConnectionState::TransmitTlsData(transmit) => transmit.done(),
+                ConnectionState::PeerClosed => {}
+                ConnectionState::Closed => return Err(TlsError::NotWritable("closed")),
+                ConnectionState::BlockedHandshake => return Err(TlsError::NotWritable("handshaking")),
+                _ => return Err(TlsError::NotWritable("unread plaintext pending")),
+            }
+        }
+        Err(TlsError::NotWritable("no write state reached"))
+    }
+
+    /// After a protocol error: move the alert rustls queued into `out` (a few passes at most).
+    fn fail(&mut self, incoming: &mut [u8], out: &mut OutBuf) {
+        self.failed = true;
+        for _ in 0..4 {
+            let UnbufferedStatus { state, .. } = self.conn.process_tls_records(incoming);
+            match state {
+                Ok(ConnectionState::EncodeTlsData(mut encode)) => {
+                    if encode_into(&mut encode, out).is_err() {
+                        return;
+                    }
+                }
+                // Some deframing errors queue their alert only on the next pass.
+                Err(_) => {}
+                Ok(_) => return,
+            }
+        }
+    }
+}
+
+fn encode_into(
+    encode: &mut rustls::unbuffered::EncodeTlsData<'_, rustls::server::ServerConnectionData>,
+    out: &mut OutBuf,
+) -> Result<(), rustls::Error> {
+    match encode.encode(out.spare_mut()) {
+        Ok(n) => {
+            out.filled += n;
+            Ok(())
+        }
+        Err(EncodeError::InsufficientSize(need)) => {
+            // Only handshake flights (long certificate chains) get here; grow once.
+            out.grow_for(need.required_size);
+            let n = encode
+                .encode(out.spare_mut())
+                .map_err(|e| rustls::Error::General(e.to_string()))?;
+            out.filled += n;
+            Ok(())
+        }
+        Err(e) => Err(rustls::Error::General(e.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tls::{build_server_config, CertSource, TlsPolicy, Version};
+    use std::io::{Read, Write};
+
+    struct Pair {
+        client: rustls::ClientConnection,
+        server: ServerTls,
+        incoming: Vec<u8>,
+        plain: Vec<u8>,
+        out: OutBuf,
+    }
+
+    fn pair(versions: &[&'static rustls::SupportedProtocolVersion]) -> Pair {
+        let policy = TlsPolicy {
+            min_version: Version::Tls12,
+            max_version: Version::Tls13,
+            ciphers: None,
+            groups: None,
+            alpn: vec![],
+        };
+        let built = build_server_config(&policy, &CertSource::Ephemeral).unwrap();
+        let client_cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_protocol_versions(versions)
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAnything))
+        .with_no_client_auth();
+        Pair {
+            client: rustls::ClientConnection::new(Arc::new(client_cfg), "localhost".try_into().unwrap())
+                .unwrap(),
+            server: ServerTls::new(Arc::new(built.config)).unwrap(),
+            incoming: Vec::with_capacity(MAX_RECORD_WIRE * 2),
+            plain: Vec::with_capacity(MAX_RECORD_PLAINTEXT * 2),
+            out: OutBuf::with_capacity(out_capacity(MAX_RECORD_PLAINTEXT)),
+        }
+    }
+
+    impl Pair {
+        /// Moves bytes both ways until neither side has anything to say.
+        fn pump(&mut self) -> Progress {
+            let mut progress = Progress::default();
+            for _ in 0..20 {
+                let mut moved = false;
+                while self.client.wants_write() {
+                    self.client.write_tls(&mut self.incoming).unwrap();
+                    moved = true;
+                }
+                let p = self.server.read(&mut self.incoming, &mut self.plain, &mut self.out).unwrap();
+                progress.peer_closed |= p.peer_closed;
+                if !self.out.is_empty() {
+                    let mut bytes = self.out.as_slice();
+                    while !bytes.is_empty() {
+                        self.client.read_tls(&mut bytes).unwrap();
+                        self.client.process_new_packets().unwrap();
+                    }
+                    self.out.take(vec![0; self.out.buf.len()]);
+                    moved = true;
+                }
+                if !moved {
+                    break;
+                }
+            }
+            progress
+        }
+    }
+
+    #[derive(Debug)]
+    struct AcceptAnything;
+    impl rustls::client::danger::ServerCertVerifier for AcceptAnything {
+        fn verify_server_cert(
+            &self,
+            _: &rustls::pki_types::CertificateDer<'_>,
+            _: &[rustls::pki_types::CertificateDer<'_>],
+            _: &rustls::pki_types::ServerName<'_>,
+            _: &[u8],
+            _: rustls::pki_types::UnixTime,
+        ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        }
+        fn verify_tls12_signature(
+            &self,
+            _: &[u8],
+            _: &rustls::pki_types::CertificateDer<'_>,
+            _: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+        }
+        fn verify_tls13_signature(
+            &self,
+            _: &[u8],
+            _: &rustls::pki_types::CertificateDer<'_>,
+            _: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+        }
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            rustls::crypto::aws_lc_rs::default_provider()
+                .signature_verification_algorithms
+                .supported_schemes()
+        }
+    }
+
+    fn round_trip(versions: &[&'static rustls::SupportedProtocolVersion], expect: &str) {
+        let mut p = pair(versions);
+        p.pump();
+        assert!(!p.client.is_handshaking());
+        assert!(!p.server.is_handshaking());
+        assert_eq!(p.server.info().version, expect);
+
+        // Client → server, more than one record, byte-exact.
+        let data: Vec<u8> = (0..40_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
+        p.client.writer().write_all(&data).unwrap();
+        let mut got = Vec::new();
+        for _ in 0..10 {
+            p.pump();
+            got.extend_from_slice(&p.plain);
+            p.plain.clear();
+        }
+        assert_eq!(got, data);
+
+        // Server → client.
+        p.server.encrypt(&mut p.incoming, &data[..20_000], &mut p.out).unwrap();
+        p.pump();
+        let mut back = vec![0; 20_000];
+        p.client.reader().read_exact(&mut back).unwrap();
+        assert_eq!(back, &data[..20_000]);
+
+        // Client close_notify is reported; the server can still send, then close.
+        p.client.send_close_notify();
+        assert!(p.pump().peer_closed);
+        p.server.encrypt(&mut p.incoming, b"after", &mut p.out).unwrap();
+        p.server.close_notify(&mut p.incoming, &mut p.out).unwrap();
+        p.pump();
+        let mut tail = Vec::new();
+        p.client.reader().read_to_end(&mut tail).unwrap();
+        assert_eq!(tail, b"after");
+    }
+
+    #[test]
+    fn tls13_round_trip_and_half_close() {
+        round_trip(&[&rustls::version::TLS13], "TLSv1_3");
+    }
+
+    #[test]
+    fn tls12_round_trip_and_half_close() {
+        round_trip(&[&rustls::version::TLS12], "TLSv1_2");
+    }
+
+    #[test]
+    fn garbage_is_a_protocol_error_with_an_alert() {
+        let mut p = pair(&[&rustls::version::TLS13]);
+        p.incoming.extend_from_slice(b"\x16\x03\x01\x00\x05hello-this-is-not-tls");
+        let err = p.server.read(&mut p.incoming, &mut p.plain, &mut p.out).unwrap_err();
+        assert!(matches!(err, TlsError::Protocol(_)), "{err}");
+        // An alert record (content type 21) was queued for the client.
+        assert_eq!(p.out.as_slice().first(), Some(&21));
+        assert!(p.server.encrypt(&mut p.incoming, b"x", &mut p.out).is_err());
+    }
+
+    #[test]
+    fn out_capacity_covers_full_records() {
+        assert!(out_capacity(16384) >= 16384 + 22 + CONTROL_SLACK);
+        assert!(out_capacity(65536) >= 65536 + 4 * 22);
+    }
+}

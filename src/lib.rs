@@ -1,0 +1,22 @@
+//! tlsfront: TLS termination for legacy TCP services.
+//!
+//! Module map (see `../shared/docs/architecture.md`):
+//! - [`config`]: two-stage configuration — TOML/CLI syntax, then a validated runtime config
+//!   (certificates loaded, CPU sets chosen). Every error names file, line and field.
+//! - [`tls`]: rustls server configs from a service's TLS policy; certificate and key loading.
+//! - [`conn`]: per-connection protocol logic without I/O (TLS driving, ClientHello peek).
+//! - [`io`]: the only module allowed `unsafe`: io_uring ops tokio-uring lacks, socket options.
+//! - [`worker`]: thread-per-core workers: pinned threads, SO_REUSEPORT listeners, relay, drain.
+//! - [`obs`]: per-worker counters and logging set-up.
+//! - [`server`]: start-up and lifecycle glue used by the binary (bind, spawn, signals).
+#![deny(unsafe_code)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
+pub mod config;
+pub mod conn;
+pub mod echo;
+pub mod io;
+pub mod obs;
+pub mod server;
+pub mod tls;
+pub mod worker;

@@ -1,0 +1,96 @@
+//! `tlsfront` command line: parse, build the runtime config, run, pick the exit code.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tlsfront::config::{self, Overrides};
+
+#[derive(Parser)]
+#[command(name = "tlsfront", version, about = "TLS termination proxy for legacy TCP services")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Accept TLS and relay plaintext to the backend (no options: a demo on 127.0.0.1:8443).
+    Serve {
+        /// TOML configuration file.
+        #[arg(long, short = 'c')]
+        config: Option<PathBuf>,
+        /// Listen address (overrides the first service's `listen`).
+        #[arg(long)]
+        listen: Option<String>,
+        /// Backend address (overrides the first service's `backend`).
+        #[arg(long)]
+        backend: Option<String>,
+        /// Certificate chain, PEM (overrides `cert`).
+        #[arg(long)]
+        cert: Option<String>,
+        /// Private key, PEM: PKCS#8, SEC1 or PKCS#1 (overrides `key`).
+        #[arg(long)]
+        key: Option<String>,
+        /// Number of worker threads (overrides `[global] workers`).
+        #[arg(long)]
+        workers: Option<usize>,
+        /// Log level or filter (RUST_LOG wins when set).
+        #[arg(long)]
+        log_level: Option<String>,
+    },
+    /// Validate a configuration (loads certificates and keys too), then exit.
+    Check {
+        #[arg(long, short = 'c')]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { config: path } => match config::load(Some(&path), &Overrides::default()) {
+            Ok(cfg) => {
+                println!("config OK: {} service(s)", cfg.services.len());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("config error: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Serve {
+            config: path,
+            listen,
+            backend,
+            cert,
+            key,
+            workers,
+            log_level,
+        } => {
+            let overrides = Overrides {
+                listen,
+                backend,
+                cert,
+                key,
+                workers,
+            };
+            let cfg = match config::load(path.as_deref(), &overrides) {
+                Ok(cfg) => cfg,
+                Err(e) => {
+                    eprintln!("config error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            tlsfront::obs::init_logging(log_level.as_deref().or(cfg.global.log_level.as_deref()));
+            match tlsfront::server::run(cfg) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! Start-up and lifecycle: bind every listener first (so a bad address fails before any
+//! worker runs), start the workers, then turn signals into orders for them.
+//!
+//! SIGTERM / SIGINT: stop accepting, drain up to `drain_timeout`, exit 0.
+//! SIGUSR1: every worker logs its counters.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread;
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::config::{Backend, Config};
+use crate::worker::{self, Control, WorkerListener, WorkerSpec};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("{origin}: cannot listen on {addr}: {source}")]
+    Bind {
+        origin: String,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot start the built-in echo backend: {0}")]
+    Echo(std::io::Error),
+    #[error("cannot start worker thread: {0}")]
+    Spawn(std::io::Error),
+    #[error("cannot set up signal handling: {0}")]
+    Signals(std::io::Error),
+}
+
+/// Binds one SO_REUSEPORT listener per worker for each service. Port 0 is resolved once, by
+/// the first bind, and the other workers join that port.
+fn bind_all(config: &Config) -> Result<Vec<Vec<WorkerListener>>, ServerError> {
+    let workers = config.global.workers;
+    let mut per_worker: Vec<Vec<WorkerListener>> = (0..workers).map(|_| Vec::new()).collect();
+    for (index, svc) in config.services.iter().enumerate() {
+        let mut addr = svc.listen;
+        for listeners in per_worker.iter_mut() {
+            let at = addr;
+            let bind_err = |source| ServerError::Bind {
+                origin: svc.listen_origin.clone(),
+                addr: at,
+                source,
+            };
+            let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(bind_err)?;
+            socket.set_reuse_address(true).map_err(bind_err)?;
+            socket.set_reuse_port(true).map_err(bind_err)?;
+            crate::io::sockopt::apply_buffer_sizes(&socket2::SockRef::from(&socket), &svc.tunables).map_err(bind_err)?;
+            socket.bind(&addr.into()).map_err(bind_err)?;
+            socket.listen(svc.tunables.backlog.min(i32::MAX as u32) as i32).map_err(bind_err)?;
+            if addr.port() == 0 {
+                addr = socket
+                    .local_addr()
+                    .ok()
+                    .and_then(|a| a.as_socket())
+                    .ok_or_else(|| bind_err(std::io::Error::other("no local address")))?;
+            }
+            let shutdown_handle = socket.try_clone().map_err(bind_err)?;
+            listeners.push(WorkerListener {
+                service: index,
+                socket: socket.into(),
+                shutdown_handle,
+            });
+        }
+        info!("listening service={} addr={} workers={}", svc.name, addr, workers);
+    }
+    Ok(per_worker)
+}
+
+/// Runs the proxy until a shutdown signal has been handled and every worker has drained.
+pub fn run(mut config: Config) -> Result<(), ServerError> {
+    for svc in &mut config.services {
+        if svc.backend == Backend::BuiltinEcho {
+            let addr = crate::echo::spawn_echo().map_err(ServerError::Echo)?;
+            warn!(service = %svc.name, "no backend configured: started built-in loopback echo backend at {addr}");
+            svc.backend = Backend::Addr(addr);
+        }
+        if svc.ephemeral_cert {
+            warn!(
+                service = %svc.name,
+                "no certificate configured: using an ephemeral self-signed certificate for localhost/127.0.0.1 sha256={}",
+                svc.cert_sha256
+            );
+        }
+    }
+    let listeners = bind_all(&config)?;
+    let config = Arc::new(config);
+
+    let signals = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(ServerError::Signals)?;
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
+    let mut controls = Vec::with_capacity(listeners.len());
+    let mut threads = Vec::with_capacity(listeners.len());
+    for (id, worker_listeners) in listeners.into_iter().enumerate() {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let spec = WorkerSpec {
+            id,
+            cpu: config.global.worker_cpus.get(id).copied(),
+            config: config.clone(),
+            listeners: worker_listeners,
+        };
+        let started = started_tx.clone();
+        let handle = thread::Builder::new()
+            .name(format!("tlsfront-w{id}"))
+            .spawn(move || worker::run(spec, rx, started))
+            .map_err(ServerError::Spawn)?;
+        controls.push(tx);
+        threads.push(handle);
+    }
+    drop(started_tx);
+    let ready = started_rx.iter().take(threads.len()).count();
+    info!("ready workers={ready}");
+
+    signals.block_on(async {
+        let mut term = signal(SignalKind::terminate()).map_err(ServerError::Signals)?;
+        let mut int = signal(SignalKind::interrupt()).map_err(ServerError::Signals)?;
+        let mut usr1 = signal(SignalKind::user_defined1()).map_err(ServerError::Signals)?;
+        loop {
+            tokio::select! {
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+                _ = usr1.recv() => {
+                    for c in &controls {
+                        let _ = c.send(Control::Stats);
+                    }
+                }
+            }
+        }
+        info!("shutting down: no new connections, draining open ones");
+        for c in &controls {
+            let _ = c.send(Control::Shutdown);
+        }
+        Ok::<(), ServerError>(())
+    })?;
+    for t in threads {
+        let _ = t.join();
+    }
+    info!("drained, exiting");
+    Ok(())
+}

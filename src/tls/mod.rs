@@ -1,0 +1,268 @@
+//! rustls server configs from a service's TLS policy, and certificate/key loading.
+//!
+//! Everything here runs at configuration time; errors say which policy field is at fault so
+//! the config layer can point at the right line.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::crypto::aws_lc_rs::{self as provider, kx_group};
+use rustls::crypto::{CryptoProvider, SupportedKxGroup};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::ResolvesServerCert;
+use rustls::sign::CertifiedKey;
+use rustls::{ServerConfig, SupportedCipherSuite};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Version {
+    Tls12,
+    Tls13,
+}
+
+impl Version {
+    pub fn parse(text: &str) -> Option<Version> {
+        match text.trim().to_ascii_lowercase().trim_start_matches("tls").trim_start_matches('v') {
+            "1.2" => Some(Version::Tls12),
+            "1.3" => Some(Version::Tls13),
+            _ => None,
+        }
+    }
+}
+
+/// A service's TLS policy as written in the config (names not yet checked).
+#[derive(Debug, Clone)]
+pub struct TlsPolicy {
+    pub min_version: Version,
+    pub max_version: Version,
+    pub ciphers: Option<Vec<String>>,
+    pub groups: Option<Vec<String>>,
+    pub alpn: Vec<String>,
+}
+
+/// Where the server certificate comes from.
+#[derive(Debug, Clone)]
+pub enum CertSource {
+    Files { cert: PathBuf, key: PathBuf },
+    /// Generate a self-signed certificate for localhost / 127.0.0.1 in memory.
+    Ephemeral,
+}
+
+/// The policy field an error belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolicyField {
+    Cert,
+    Key,
+    Ciphers,
+    Groups,
+    Versions,
+    Alpn,
+}
+
+#[derive(Debug, Clone)]
+pub struct PolicyError {
+    pub field: PolicyField,
+    pub message: String,
+}
+
+fn fail<T>(field: PolicyField, message: impl Into<String>) -> Result<T, PolicyError> {
+    Err(PolicyError {
+        field,
+        message: message.into(),
+    })
+}
+
+pub struct BuiltConfig {
+    pub config: ServerConfig,
+    pub cert_sha256: String,
+}
+
+/// Group names accepted in `groups`, in the default preference order.
+pub const GROUP_NAMES: &[(&str, &dyn SupportedKxGroup)] = &[
+    ("X25519MLKEM768", kx_group::X25519MLKEM768),
+    ("X25519", kx_group::X25519),
+    ("P-256", kx_group::SECP256R1),
+    ("P-384", kx_group::SECP384R1),
+];
+
+/// The IANA name rustls uses for a suite, e.g. `TLS13_AES_128_GCM_SHA256`.
+pub fn suite_name(suite: SupportedCipherSuite) -> &'static str {
+    suite.suite().as_str().unwrap_or("unknown")
+}
+
+fn select_suites(policy: &TlsPolicy) -> Result<Vec<SupportedCipherSuite>, PolicyError> {
+    let all = provider::ALL_CIPHER_SUITES;
+    let chosen: Vec<SupportedCipherSuite> = match &policy.ciphers {
+        None => provider::DEFAULT_CIPHER_SUITES.to_vec(),
+        Some(names) => {
+            let mut out = Vec::with_capacity(names.len());
+            for name in names {
+                let found = all
+                    .iter()
+                    .find(|s| suite_name(**s).eq_ignore_ascii_case(name.trim()))
+                    .copied();
+                match found {
+                    Some(s) if !out.contains(&s) => out.push(s),
+                    Some(_) => {}
+                    None => {
+                        let known: Vec<&str> = all.iter().map(|s| suite_name(*s)).collect();
+                        return fail(
+                            PolicyField::Ciphers,
+                            format!("unknown cipher {name:?}; known: {}", known.join(", ")),
+                        );
+                    }
+                }
+            }
+            out
+        }
+    };
+    let usable: Vec<SupportedCipherSuite> = chosen
+        .into_iter()
+        .filter(|s| {
+            let v = match s {
+                SupportedCipherSuite::Tls12(_) => Version::Tls12,
+                SupportedCipherSuite::Tls13(_) => Version::Tls13,
+            };
+            (policy.min_version..=policy.max_version).contains(&v)
+        })
+        .collect();
+    if usable.is_empty() {
+        return fail(
+            PolicyField::Ciphers,
+            "no listed cipher suite is usable with the allowed TLS versions",
+        );
+    }
+    Ok(usable)
+}
+
+fn select_groups(policy: &TlsPolicy) -> Result<Vec<&'static dyn SupportedKxGroup>, PolicyError> {
+    let Some(names) = &policy.groups else {
+        return Ok(GROUP_NAMES.iter().map(|(_, g)| *g).collect());
+    };
+    if names.is_empty() {
+        return fail(PolicyField::Groups, "must list at least one group");
+    }
+    names
+        .iter()
+        .map(|name| {
+            let canon = match name.trim().to_ascii_lowercase().as_str() {
+                "secp256r1" | "prime256v1" => "P-256".to_owned(),
+                "secp384r1" => "P-384".to_owned(),
+                other => other.to_owned(),
+            };
+            GROUP_NAMES
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(&canon))
+                .map(|(_, g)| *g)
+                .ok_or_else(|| PolicyError {
+                    field: PolicyField::Groups,
+                    message: format!(
+                        "unknown group {name:?}; known: {}",
+                        GROUP_NAMES.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+                    ),
+                })
+        })
+        .collect()
+}
+
+/// Loads a PEM chain and its key, checking that they belong together.
+pub fn load_certified_key(
+    cert: &Path,
+    key: &Path,
+    provider: &CryptoProvider,
+) -> Result<CertifiedKey, PolicyError> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .and_then(|it| it.collect::<Result<_, _>>())
+        .or_else(|e| fail(PolicyField::Cert, format!("cannot read certificate {}: {}", cert.display(), pem_error(&e))))?;
+    if chain.is_empty() {
+        return fail(PolicyField::Cert, format!("no certificate found in {}", cert.display()));
+    }
+    let key_der = PrivateKeyDer::from_pem_file(key)
+        .or_else(|e| fail(PolicyField::Key, format!("cannot read private key {}: {}", key.display(), pem_error(&e))))?;
+    let signing_key = provider
+        .key_provider
+        .load_private_key(key_der)
+        .or_else(|e| fail(PolicyField::Key, format!("unusable private key {}: {e}", key.display())))?;
+    let certified = CertifiedKey::new(chain, signing_key);
+    certified.keys_match().or_else(|e| {
+        fail(
+            PolicyField::Key,
+            format!("key does not match the certificate ({} vs {}): {e}", key.display(), cert.display()),
+        )
+    })?;
+    Ok(certified)
+}
+
+fn pem_error(e: &rustls::pki_types::pem::Error) -> String {
+    match e {
+        rustls::pki_types::pem::Error::Io(io) => io.to_string(),
+        rustls::pki_types::pem::Error::NoItemsFound => "no PEM item of the expected kind found".into(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// A self-signed certificate for `localhost` and 127.0.0.1 (ECDSA P-256), in memory.
+pub fn ephemeral_certified_key(provider: &CryptoProvider) -> Result<CertifiedKey, PolicyError> {
+    let generated = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into(), "::1".into()])
+        .or_else(|e| fail(PolicyField::Cert, format!("cannot generate a self-signed certificate: {e}")))?;
+    let key_der = PrivateKeyDer::try_from(generated.key_pair.serialize_der())
+        .or_else(|e| fail(PolicyField::Key, format!("generated key: {e}")))?;
+    let signing_key = provider
+        .key_provider
+        .load_private_key(key_der)
+        .or_else(|e| fail(PolicyField::Key, format!("generated key: {e}")))?;
+    Ok(CertifiedKey::new(vec![generated.cert.der().clone()], signing_key))
+}
+
+/// Hex SHA-256 of a DER certificate, `aa:bb:…` style like `openssl x509 -fingerprint`.
+pub fn fingerprint_sha256(der: &[u8]) -> String {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der);
+    digest
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+#[derive(Debug)]
+struct SingleCert(Arc<CertifiedKey>);
+
+impl ResolvesServerCert for SingleCert {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+}
+
+/// Builds the rustls server config for one service.
+pub fn build_server_config(policy: &TlsPolicy, source: &CertSource) -> Result<BuiltConfig, PolicyError> {
+    let provider = CryptoProvider {
+        cipher_suites: select_suites(policy)?,
+        kx_groups: select_groups(policy)?,
+        ..provider::default_provider()
+    };
+    let mut versions: Vec<&'static rustls::SupportedProtocolVersion> = Vec::with_capacity(2);
+    if policy.min_version <= Version::Tls12 && policy.max_version >= Version::Tls12 {
+        versions.push(&rustls::version::TLS12);
+    }
+    if policy.max_version >= Version::Tls13 {
+        versions.push(&rustls::version::TLS13);
+    }
+    let certified = match source {
+        CertSource::Files { cert, key } => load_certified_key(cert, key, &provider)?,
+        CertSource::Ephemeral => ephemeral_certified_key(&provider)?,
+    };
+    let cert_sha256 = fingerprint_sha256(certified.end_entity_cert().map(|c| c.as_ref()).unwrap_or_default());
+    let mut config = ServerConfig::builder_with_provider(Arc::new(provider))
+        .with_protocol_versions(&versions)
+        .or_else(|e| fail(PolicyField::Versions, format!("inconsistent TLS policy: {e}")))?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(SingleCert(Arc::new(certified))));
+    for proto in &policy.alpn {
+        if proto.is_empty() || proto.len() > 255 {
+            return fail(PolicyField::Alpn, format!("ALPN protocol {proto:?} must be 1 to 255 bytes"));
+        }
+    }
+    config.alpn_protocols = policy.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    Ok(BuiltConfig { config, cert_sha256 })
+}

@@ -1,0 +1,445 @@
+//! One client connection: handshake, backend connect, then the relay in both directions.
+//!
+//! The relay is three cooperating futures on the worker's thread:
+//! - `upstream`: client socket → [`ServerTls::read`] → backend socket;
+//! - `downstream`: backend socket → [`ServerTls::encrypt`] → the shared [`OutBuf`];
+//! - `client_writer`: the only writer of the client socket; sends the `OutBuf` in order.
+//!
+//! Backpressure: each side is read only after what was read before has been taken by the
+//! other side (written to the backend, or handed to the client writer). Half-close: client
+//! close_notify or FIN → shutdown(WR) on the backend while the other direction keeps going;
+//! backend FIN → close_notify, then FIN to the client. Buffers are allocated once per
+//! connection and never per chunk.
+
+use std::cell::{Cell, RefCell};
+use std::net::{Shutdown, SocketAddr};
+use std::rc::Rc;
+use std::time::Instant;
+
+use tokio::sync::Notify;
+use tokio_uring::buf::BoundedBuf;
+use tokio_uring::net::TcpStream;
+use tracing::{debug, info, warn};
+
+use super::WorkerCtx;
+use crate::config::{Backend, Service};
+use crate::conn::client_hello::{self, Peek};
+use crate::conn::close::CloseReason;
+use crate::conn::tls::{out_capacity, OutBuf, ServerTls, TlsError, MAX_RECORD_PLAINTEXT, MAX_RECORD_WIRE};
+use crate::io::connect::{self, ConnectError};
+use crate::io::sockopt;
+use crate::obs;
+
+/// Releases the connection's slot in the worker's books however the task ends.
+struct Slot {
+    ctx: Rc<WorkerCtx>,
+    service: usize,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let active = &self.ctx.active[self.service];
+        active.set(active.get().saturating_sub(1));
+        obs::dec(&self.ctx.stats.active);
+        obs::inc(&self.ctx.stats.closed);
+        self.ctx.conn_closed.notify_waiters();
+    }
+}
+
+/// Per-connection buffers, sized once from the service's `buffer_size`.
+struct Buffers {
+    /// Ciphertext from the client not yet processed (room for at least one whole record).
+    incoming: Vec<u8>,
+    /// Where the next client read lands during the relay (see `Relay::upstream`).
+    incoming_next: Vec<u8>,
+    /// Plaintext client → backend (room for at least one whole record).
+    upstream: Vec<u8>,
+    /// Plaintext backend → client.
+    downstream: Vec<u8>,
+    /// Ciphertext to the client, filled by rustls.
+    out: OutBuf,
+    /// The client writer's second buffer, swapped with `out`'s storage while a write runs.
+    out_spare: Vec<u8>,
+}
+
+impl Buffers {
+    fn new(buffer_size: usize) -> Self {
+        let out_cap = out_capacity(buffer_size);
+        Buffers {
+            incoming: Vec::with_capacity(buffer_size.max(MAX_RECORD_WIRE)),
+            incoming_next: Vec::with_capacity(buffer_size.max(MAX_RECORD_WIRE)),
+            upstream: Vec::with_capacity(buffer_size.max(MAX_RECORD_PLAINTEXT)),
+            downstream: Vec::with_capacity(buffer_size),
+            out: OutBuf::with_capacity(out_cap),
+            out_spare: vec![0; out_cap],
+        }
+    }
+}
+
+/// Bytes and timing of one connection, for its closing log line.
+#[derive(Default)]
+struct Tally {
+    up: Cell<u64>,
+    down: Cell<u64>,
+}
+
+pub(super) async fn serve(ctx: Rc<WorkerCtx>, service: usize, client: TcpStream, peer: SocketAddr) {
+    let slot = Slot {
+        ctx: ctx.clone(),
+        service,
+    };
+    let svc = &ctx.config.services[service];
+    let started = Instant::now();
+    debug!(worker = ctx.id, service = %svc.name, %peer, "accepted");
+    if let Err(e) = sockopt::with_sockref(&client, |s| sockopt::apply_stream_tunables(&s, &svc.tunables)) {
+        debug!(%peer, error = %e, "could not set client socket options");
+    }
+    let tally = Tally::default();
+    let reason = run(&ctx, svc, &client, peer, &tally).await;
+    // Ends any op still in flight on the client socket so its fd is released now.
+    let _ = client.shutdown(Shutdown::Both);
+
+    let (up, down) = (tally.up.get(), tally.down.get());
+    obs::add(&ctx.stats.bytes_client_to_backend, up);
+    obs::add(&ctx.stats.bytes_backend_to_client, down);
+    let duration_ms = started.elapsed().as_millis() as u64;
+    if reason.is_clean() {
+        info!(worker = ctx.id, service = %svc.name, %peer, bytes_in = up, bytes_out = down, duration_ms, reason = %reason, "closed");
+    } else {
+        obs::inc(&ctx.stats.closed_with_error);
+        warn!(worker = ctx.id, service = %svc.name, %peer, bytes_in = up, bytes_out = down, duration_ms, reason = %reason, "closed");
+    }
+    drop(slot);
+}
+
+async fn run(ctx: &WorkerCtx, svc: &Service, client: &TcpStream, peer: SocketAddr, tally: &Tally) -> CloseReason {
+    let mut tls = match ServerTls::new(svc.tls.clone()) {
+        Ok(t) => t,
+        Err(e) => {
+            warn!(%peer, error = %e, "cannot create TLS session");
+            return CloseReason::TlsError;
+        }
+    };
+    let mut bufs = Buffers::new(svc.tunables.buffer_size);
+
+    let handshake = tokio::select! {
+        r = tokio::time::timeout(svc.tunables.handshake_timeout, handshake(client, &mut tls, &mut bufs)) => r,
+        _ = ctx.force_close.notified() => Ok(Err(CloseReason::DrainTimeout)),
+    };
+    let sni = match handshake {
+        Ok(Ok(sni)) => sni,
+        Ok(Err(reason)) => {
+            obs::inc(&ctx.stats.handshake_failures);
+            return reason;
+        }
+        Err(_elapsed) => {
+            obs::inc(&ctx.stats.handshake_timeouts);
+            return CloseReason::HandshakeTimeout;
+        }
+    };
+    obs::inc(&ctx.stats.handshakes);
+    let info = tls.info();
+    debug!(
+        worker = ctx.id, service = %svc.name, %peer, version = info.version, suite = info.suite,
+        sni = sni.as_deref().unwrap_or("-"), alpn = info.alpn.as_deref().unwrap_or("-"),
+        resumed = info.resumed, "handshake done"
+    );
+
+    let Backend::Addr(backend_addr) = svc.backend else {
+        unreachable!("built-in backends are resolved to addresses before workers start");
+    };
+    let backend = tokio::select! {
+        r = connect::connect(backend_addr, &svc.tunables, svc.tunables.connect_timeout) => r,
+        _ = ctx.force_close.notified() => Err(ConnectError::TimedOut),
+    };
+    let backend = match backend {
+        Ok(b) => b,
+        Err(e) => {
+            obs::inc(&ctx.stats.backend_connect_failures);
+            let reason = match e {
+                ConnectError::Refused => CloseReason::BackendConnectRefused,
+                ConnectError::TimedOut => CloseReason::BackendConnectTimeout,
+                ConnectError::Other(_) => CloseReason::BackendConnectError,
+            };
+            warn!(worker = ctx.id, service = %svc.name, %peer, backend = %backend_addr, error = %e, reason = %reason, "backend connect failed");
+            // Tell the client cleanly: close_notify, then FIN.
+            if tls.close_notify(&mut bufs.incoming, &mut bufs.out).is_ok() {
+                let _ = flush(client, &mut bufs.out, &mut bufs.out_spare).await;
+            }
+            let _ = client.shutdown(Shutdown::Write);
+            return reason;
+        }
+    };
+
+    let reason = relay(ctx, svc, client, &backend, tls, bufs, tally).await;
+    let _ = backend.shutdown(Shutdown::Both);
+    reason
+}
+
+/// Runs the handshake to completion; returns the SNI the client sent, if any.
+async fn handshake(client: &TcpStream, tls: &mut ServerTls, bufs: &mut Buffers) -> Result<Option<Box<str>>, CloseReason> {
+    let mut sni = None;
+    let mut peeked = false;
+    loop {
+        if !bufs.out.is_empty() {
+            flush(client, &mut bufs.out, &mut bufs.out_spare)
+                .await
+                .map_err(|_| CloseReason::HandshakeEof)?;
+        }
+        if !tls.is_handshaking() {
+            return Ok(sni);
+        }
+        let incoming = std::mem::take(&mut bufs.incoming);
+        let (res, incoming) = client.read(incoming).await;
+        bufs.incoming = incoming;
+        match res {
+            Ok(0) | Err(_) => return Err(CloseReason::HandshakeEof),
+            Ok(_) => {}
+        }
+        if !peeked {
+            match client_hello::peek(&bufs.incoming) {
+                Peek::NeedMore => {}
+                Peek::NotTls => return Err(CloseReason::TlsError),
+                Peek::Fragmented => peeked = true,
+                Peek::Hello(hello) => {
+                    peeked = true;
+                    sni = hello.sni.map(Box::from);
+                }
+            }
+        }
+        if let Err(e) = tls.read(&mut bufs.incoming, &mut bufs.upstream, &mut bufs.out) {
+            debug!(error = %e, "handshake failed");
+            // Best effort: the alert rustls queued.
+            let _ = flush(client, &mut bufs.out, &mut bufs.out_spare).await;
+            return Err(CloseReason::TlsError);
+        }
+    }
+}
+
+/// Writes all of `out` to the client, swapping storage with `spare` so no bytes are copied.
+async fn flush(client: &TcpStream, out: &mut OutBuf, spare: &mut Vec<u8>) -> std::io::Result<()> {
+    let (buf, filled) = out.take(std::mem::take(spare));
+    let (res, slice) = client.write_all(buf.slice(..filled)).await;
+    *spare = slice.into_inner();
+    res
+}
+
+/// State the three relay futures share (one thread; no borrow is held across an await).
+struct Shared {
+    tls: ServerTls,
+    /// Client bytes rustls has not consumed yet. Kept here, not in the upstream future, so
+    /// the write path can show rustls the same buffer (see `conn::tls` invariants).
+    incoming: Vec<u8>,
+    out: OutBuf,
+    /// Backend sent FIN and its close_notify is queued: the writer ends after flushing.
+    downstream_done: bool,
+    /// A fatal TLS error's alert is queued: the writer flushes it, then the connection ends.
+    abort_after_flush: Option<CloseReason>,
+}
+
+struct Relay<'a> {
+    client: &'a TcpStream,
+    backend: &'a TcpStream,
+    shared: RefCell<Shared>,
+    /// `out` has bytes (or an end) for the client writer.
+    wake_writer: Notify,
+    /// The client writer took `out`'s bytes: downstream may fill it again.
+    wake_downstream: Notify,
+    last_activity: Cell<Instant>,
+    tally: &'a Tally,
+}
+
+async fn relay(
+    ctx: &WorkerCtx,
+    svc: &Service,
+    client: &TcpStream,
+    backend: &TcpStream,
+    tls: ServerTls,
+    bufs: Buffers,
+    tally: &Tally,
+) -> CloseReason {
+    let Buffers {
+        incoming,
+        incoming_next,
+        upstream,
+        downstream,
+        out,
+        out_spare,
+    } = bufs;
+    let relay = Relay {
+        client,
+        backend,
+        shared: RefCell::new(Shared {
+            tls,
+            incoming,
+            out,
+            downstream_done: false,
+            abort_after_flush: None,
+        }),
+        wake_writer: Notify::new(),
+        wake_downstream: Notify::new(),
+        last_activity: Cell::new(Instant::now()),
+        tally,
+    };
+    if !relay.shared.borrow().out.is_empty() {
+        relay.wake_writer.notify_one();
+    }
+    let idle = svc.tunables.idle_timeout;
+    let watchdog = async {
+        loop {
+            let deadline = relay.last_activity.get() + idle;
+            tokio::time::sleep_until(deadline.into()).await;
+            if relay.last_activity.get() + idle <= Instant::now() {
+                return CloseReason::IdleTimeout;
+            }
+        }
+    };
+    let flows = async {
+        tokio::try_join!(
+            relay.upstream(incoming_next, upstream),
+            relay.downstream(downstream),
+            relay.client_writer(out_spare),
+        )
+    };
+    tokio::select! {
+        r = flows => match r {
+            Ok((up_end, (), ())) => up_end,
+            Err(reason) => reason,
+        },
+        reason = watchdog => {
+            obs::inc(&ctx.stats.idle_timeouts);
+            reason
+        }
+        _ = ctx.force_close.notified() => CloseReason::DrainTimeout,
+    }
+}
+
+impl Relay<'_> {
+    fn touch(&self) {
+        self.last_activity.set(Instant::now());
+    }
+
+    /// Client → backend. Ends when the client closes its sending side.
+    ///
+    /// Reads land in `next`, behind a copy of the unconsumed tail (at most a partial record),
+    /// and then `next` becomes `shared.incoming`; meanwhile the write path still sees the old
+    /// buffer. Same bytes either way, so rustls's offsets stay valid.
+    async fn upstream(&self, mut next: Vec<u8>, mut plain: Vec<u8>) -> Result<CloseReason, CloseReason> {
+        let mut peer_closed = false;
+        loop {
+            if !plain.is_empty() {
+                let n = plain.len() as u64;
+                let (res, buf) = self.backend.write_all(plain).await;
+                plain = buf;
+                res.map_err(|_| CloseReason::BackendIoError)?;
+                self.tally.up.set(self.tally.up.get() + n);
+                plain.clear();
+                self.touch();
+            }
+            if peer_closed {
+                let _ = self.backend.shutdown(Shutdown::Write);
+                return Ok(CloseReason::Done);
+            }
+            let progress = {
+                let mut shared = self.shared.borrow_mut();
+                let Shared { tls, out, incoming, .. } = &mut *shared;
+                let before = out.filled();
+                let r = tls.read(incoming, &mut plain, out);
+                if out.filled() != before {
+                    self.wake_writer.notify_one();
+                }
+                r
+            };
+            match progress {
+                Err(TlsError::Protocol(e)) => {
+                    debug!(error = %e, "TLS error from client");
+                    self.shared.borrow_mut().abort_after_flush = Some(CloseReason::TlsError);
+                    self.wake_writer.notify_one();
+                    return Ok(CloseReason::TlsError);
+                }
+                Err(TlsError::NotWritable(_)) => return Err(CloseReason::TlsError),
+                Ok(p) => {
+                    peer_closed = p.peer_closed;
+                    if !plain.is_empty() || peer_closed {
+                        continue;
+                    }
+                }
+            }
+            {
+                let shared = self.shared.borrow();
+                if shared.incoming.len() == shared.incoming.capacity() {
+                    return Err(CloseReason::TlsError); // a record larger than TLS allows
+                }
+                next.clear();
+                next.extend_from_slice(&shared.incoming);
+            }
+            let (res, buf) = self.client.read(next).await;
+            next = buf;
+            match res {
+                Ok(0) => {
+                    let _ = self.backend.shutdown(Shutdown::Write);
+                    return Ok(CloseReason::ClientEofNoCloseNotify);
+                }
+                Ok(_) => {
+                    std::mem::swap(&mut self.shared.borrow_mut().incoming, &mut next);
+                    self.touch();
+                }
+                Err(_) => return Err(CloseReason::ClientIoError),
+            }
+        }
+    }
+
+    /// Backend → client (via the client writer). Ends when the backend sends FIN.
+    async fn downstream(&self, mut plain: Vec<u8>) -> Result<(), CloseReason> {
+        loop {
+            // Backpressure: read the backend only once the writer has taken the last chunk.
+            while !self.shared.borrow().out.is_empty() {
+                self.wake_downstream.notified().await;
+            }
+            let (res, buf) = self.backend.read(plain).await;
+            plain = buf;
+            let n = res.map_err(|_| CloseReason::BackendIoError)?;
+            let mut shared = self.shared.borrow_mut();
+            let Shared { tls, out, incoming, .. } = &mut *shared;
+            if n == 0 {
+                tls.close_notify(incoming, out).map_err(|_| CloseReason::TlsError)?;
+                shared.downstream_done = true;
+                self.wake_writer.notify_one();
+                return Ok(());
+            }
+            self.touch();
+            tls.encrypt(incoming, &plain, out).map_err(|_| CloseReason::TlsError)?;
+            self.tally.down.set(self.tally.down.get() + n as u64);
+            plain.clear();
+            self.wake_writer.notify_one();
+        }
+    }
+
+    /// The single writer of the client socket: sends whatever `out` holds, in order.
+    async fn client_writer(&self, mut spare: Vec<u8>) -> Result<(), CloseReason> {
+        loop {
+            let job = {
+                let mut shared = self.shared.borrow_mut();
+                if !shared.out.is_empty() {
+                    Some(shared.out.take(std::mem::take(&mut spare)))
+                } else if let Some(reason) = shared.abort_after_flush {
+                    return Err(reason);
+                } else if shared.downstream_done {
+                    let _ = self.client.shutdown(Shutdown::Write);
+                    return Ok(());
+                } else {
+                    None
+                }
+            };
+            let Some((buf, filled)) = job else {
+                self.wake_writer.notified().await;
+                continue;
+            };
+            self.wake_downstream.notify_one();
+            let (res, slice) = self.client.write_all(buf.slice(..filled)).await;
+            spare = slice.into_inner();
+            res.map_err(|_| CloseReason::ClientIoError)?;
+            self.touch();
+        }
+    }
+}
