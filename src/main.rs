@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand};
 use tlsfront::config::{self, Overrides};
 
 #[derive(Parser)]
-#[command(name = "tlsfront", version, about = "TLS termination proxy for legacy TCP services")]
+#[command(
+    name = "tlsfront",
+    version,
+    about = "TLS termination proxy for legacy TCP services"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -46,12 +46,16 @@ fn bind_all(config: &Config) -> Result<Vec<Vec<WorkerListener>>, ServerError> {
                 addr: at,
                 source,
             };
-            let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(bind_err)?;
+            let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+                .map_err(bind_err)?;
             socket.set_reuse_address(true).map_err(bind_err)?;
             socket.set_reuse_port(true).map_err(bind_err)?;
-            crate::io::sockopt::apply_buffer_sizes(&socket2::SockRef::from(&socket), &svc.tunables).map_err(bind_err)?;
+            crate::io::sockopt::apply_buffer_sizes(&socket2::SockRef::from(&socket), &svc.tunables)
+                .map_err(bind_err)?;
             socket.bind(&addr.into()).map_err(bind_err)?;
-            socket.listen(svc.tunables.backlog.min(i32::MAX as u32) as i32).map_err(bind_err)?;
+            socket
+                .listen(svc.tunables.backlog.min(i32::MAX as u32) as i32)
+                .map_err(bind_err)?;
             if addr.port() == 0 {
                 addr = socket
                     .local_addr()
@@ -66,7 +70,10 @@ fn bind_all(config: &Config) -> Result<Vec<Vec<WorkerListener>>, ServerError> {
                 shutdown_handle,
             });
         }
-        info!("listening service={} addr={} workers={}", svc.name, addr, workers);
+        info!(
+            "listening service={} addr={} workers={}",
+            svc.name, addr, workers
+        );
     }
     Ok(per_worker)
 }

@@ -98,7 +98,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "m" => 60_000,
         "h" => 3_600_000,
         "d" => 86_400_000,
-        other => return Err(format!("bad duration unit {other:?} in {text:?}: use ms, s, m, h or d")),
+        other => {
+            return Err(format!(
+                "bad duration unit {other:?} in {text:?}: use ms, s, m, h or d"
+            ))
+        }
     };
     n.checked_mul(per_unit_ms)
         .map(Duration::from_millis)
@@ -120,7 +124,11 @@ pub fn parse_size(text: &str) -> Result<usize, String> {
         "k" | "kb" | "kib" => 1 << 10,
         "m" | "mb" | "mib" => 1 << 20,
         "g" | "gb" | "gib" => 1 << 30,
-        other => return Err(format!("bad size unit {other:?} in {text:?}: use KiB, MiB or GiB")),
+        other => {
+            return Err(format!(
+                "bad size unit {other:?} in {text:?}: use KiB, MiB or GiB"
+            ))
+        }
     };
     n.checked_mul(mult)
         .ok_or_else(|| format!("size {text:?} is too large"))
@@ -143,7 +151,9 @@ impl<'de> Deserialize<'de> for Workers {
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Workers, E> {
                 match v {
                     "auto" => Ok(Workers::Auto),
-                    _ => Err(E::custom(format!("workers must be an integer or \"auto\", got {v:?}"))),
+                    _ => Err(E::custom(format!(
+                        "workers must be an integer or \"auto\", got {v:?}"
+                    ))),
                 }
             }
         }

@@ -239,7 +239,10 @@ impl Builder<'_> {
                     format!("duplicate service name {:?}", service.name),
                 ));
             }
-            if services.iter().any(|s: &Service| s.listen == service.listen && s.listen.port() != 0) {
+            if services
+                .iter()
+                .any(|s: &Service| s.listen == service.listen && s.listen.port() != 0)
+            {
                 return Err(self.err(
                     Section::Service(i),
                     "listen",
@@ -276,7 +279,9 @@ impl Builder<'_> {
                         return Err(self.err(
                             Section::Global,
                             "cpus",
-                            format!("CPU {bad} is not available to this process (have {available:?})"),
+                            format!(
+                                "CPU {bad} is not available to this process (have {available:?})"
+                            ),
                         ));
                     }
                     cpus.clone()
@@ -322,11 +327,17 @@ impl Builder<'_> {
             (Some(flag), _) => resolve(flag).map_err(|e| self.flag_err("--listen", e))?,
             (None, Some(text)) => resolve(text).map_err(|e| self.err(sec, "listen", e))?,
             (None, None) if self.path.is_none() => resolve(DEFAULT_LISTEN).expect("valid default"),
-            (None, None) => return Err(self.err(sec, "listen", "missing: set listen = \"ADDR:PORT\"")),
+            (None, None) => {
+                return Err(self.err(sec, "listen", "missing: set listen = \"ADDR:PORT\""))
+            }
         };
         let backend = match (first.then_some(ov.backend.as_ref()).flatten(), &raw.backend) {
-            (Some(flag), _) => Backend::Addr(resolve(flag).map_err(|e| self.flag_err("--backend", e))?),
-            (None, Some(text)) => Backend::Addr(resolve(text).map_err(|e| self.err(sec, "backend", e))?),
+            (Some(flag), _) => {
+                Backend::Addr(resolve(flag).map_err(|e| self.flag_err("--backend", e))?)
+            }
+            (None, Some(text)) => {
+                Backend::Addr(resolve(text).map_err(|e| self.err(sec, "backend", e))?)
+            }
             (None, None) if self.path.is_none() => Backend::BuiltinEcho,
             (None, None) => {
                 return Err(self.err(sec, "backend", "missing: set backend = \"ADDR:PORT\""))
@@ -338,8 +349,12 @@ impl Builder<'_> {
 
         let cert_flag = first.then_some(ov.cert.as_ref()).flatten();
         let key_flag = first.then_some(ov.key.as_ref()).flatten();
-        let cert = cert_flag.map(|c| (c, "--cert")).or(raw.cert.as_ref().map(|c| (c, "cert")));
-        let key = key_flag.map(|k| (k, "--key")).or(raw.key.as_ref().map(|k| (k, "key")));
+        let cert = cert_flag
+            .map(|c| (c, "--cert"))
+            .or(raw.cert.as_ref().map(|c| (c, "cert")));
+        let key = key_flag
+            .map(|k| (k, "--key"))
+            .or(raw.key.as_ref().map(|k| (k, "key")));
         let located = |field: &str, msg: String| {
             if field.starts_with("--") {
                 self.flag_err(field, msg)
@@ -354,10 +369,16 @@ impl Builder<'_> {
             },
             (None, None) => CertSource::Ephemeral,
             (Some((_, field)), None) => {
-                return Err(located(field, "a certificate needs a key: set key as well".into()))
+                return Err(located(
+                    field,
+                    "a certificate needs a key: set key as well".into(),
+                ))
             }
             (None, Some((_, field))) => {
-                return Err(located(field, "a key needs a certificate: set cert as well".into()))
+                return Err(located(
+                    field,
+                    "a key needs a certificate: set cert as well".into(),
+                ))
             }
         };
         let built = tls::build_server_config(&policy, &source).map_err(|e| {
@@ -396,8 +417,13 @@ impl Builder<'_> {
     fn tls_policy(&self, sec: Section, raw: &ServiceSection) -> Result<TlsPolicy, ConfigError> {
         let version = |key: &str, v: &Option<String>, default: tls::Version| match v.as_deref() {
             None => Ok(default),
-            Some(text) => tls::Version::parse(text)
-                .ok_or_else(|| self.err(sec, key, format!("unknown TLS version {text:?}: use \"1.2\" or \"1.3\""))),
+            Some(text) => tls::Version::parse(text).ok_or_else(|| {
+                self.err(
+                    sec,
+                    key,
+                    format!("unknown TLS version {text:?}: use \"1.2\" or \"1.3\""),
+                )
+            }),
         };
         let min = version("min_version", &raw.min_version, tls::Version::Tls12)?;
         let max = version("max_version", &raw.max_version, tls::Version::Tls13)?;
@@ -433,8 +459,15 @@ impl Builder<'_> {
                     interval: t.interval.map_or(k.interval, |v| v.0),
                     count: t.count.unwrap_or(k.count),
                 };
-                if ka.idle < Duration::from_secs(1) || ka.interval < Duration::from_secs(1) || ka.count == 0 {
-                    return Err(self.err(sec, "keepalive", "idle and interval must be at least 1s and count at least 1"));
+                if ka.idle < Duration::from_secs(1)
+                    || ka.interval < Duration::from_secs(1)
+                    || ka.count == 0
+                {
+                    return Err(self.err(
+                        sec,
+                        "keepalive",
+                        "idle and interval must be at least 1s and count at least 1",
+                    ));
                 }
                 Some(ka)
             }
@@ -459,9 +492,21 @@ impl Builder<'_> {
             sndbuf: raw.sndbuf.map(|s| s.0),
             backlog: raw.backlog.unwrap_or(d.backlog),
             max_connections,
-            handshake_timeout: positive("handshake_timeout", raw.handshake_timeout.map(|v| v.0), d.handshake_timeout)?,
-            connect_timeout: positive("connect_timeout", raw.connect_timeout.map(|v| v.0), d.connect_timeout)?,
-            idle_timeout: positive("idle_timeout", raw.idle_timeout.map(|v| v.0), d.idle_timeout)?,
+            handshake_timeout: positive(
+                "handshake_timeout",
+                raw.handshake_timeout.map(|v| v.0),
+                d.handshake_timeout,
+            )?,
+            connect_timeout: positive(
+                "connect_timeout",
+                raw.connect_timeout.map(|v| v.0),
+                d.connect_timeout,
+            )?,
+            idle_timeout: positive(
+                "idle_timeout",
+                raw.idle_timeout.map(|v| v.0),
+                d.idle_timeout,
+            )?,
         })
     }
 }

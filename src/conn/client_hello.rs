@@ -62,7 +62,8 @@ impl<'a> Reader<'a> {
         self.take(2).map(|b| u16::from_be_bytes([b[0], b[1]]))
     }
     fn u24(&mut self) -> Option<usize> {
-        self.take(3).map(|b| usize::from(b[0]) << 16 | usize::from(b[1]) << 8 | usize::from(b[2]))
+        self.take(3)
+            .map(|b| usize::from(b[0]) << 16 | usize::from(b[1]) << 8 | usize::from(b[2]))
     }
     fn vec8(&mut self) -> Option<&'a [u8]> {
         let n = self.u8()?;
@@ -85,7 +86,8 @@ pub fn peek(buf: &[u8]) -> Peek<'_> {
         };
     }
     let mut rec = Reader(buf);
-    let (Some(content_type), Some(major), Some(_minor), Some(len)) = (rec.u8(), rec.u8(), rec.u8(), rec.u16())
+    let (Some(content_type), Some(major), Some(_minor), Some(len)) =
+        (rec.u8(), rec.u8(), rec.u8(), rec.u16())
     else {
         return Peek::NeedMore;
     };
@@ -161,7 +163,8 @@ mod tests {
         .with_no_client_auth();
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         let mut conn =
-            rustls::ClientConnection::new(Arc::new(config), sni.to_owned().try_into().unwrap()).unwrap();
+            rustls::ClientConnection::new(Arc::new(config), sni.to_owned().try_into().unwrap())
+                .unwrap();
         let mut out = Vec::new();
         conn.write_tls(&mut out).unwrap();
         out
@@ -174,7 +177,10 @@ mod tests {
             panic!("expected a ClientHello, got {:?}", peek(&bytes));
         };
         assert_eq!(hello.sni, Some("db.example.com"));
-        assert_eq!(hello.alpn().collect::<Vec<_>>(), vec![&b"h2"[..], &b"postgresql"[..]]);
+        assert_eq!(
+            hello.alpn().collect::<Vec<_>>(),
+            vec![&b"h2"[..], &b"postgresql"[..]]
+        );
     }
 
     #[test]
@@ -196,7 +202,10 @@ mod tests {
     #[test]
     fn hello_continuing_in_next_record_is_fragmented() {
         // Handshake header says 1000 bytes of body but the record carries 4.
-        assert_eq!(peek(&[22, 3, 1, 0, 8, 1, 0, 3, 232, 3, 3, 0, 0]), Peek::Fragmented);
+        assert_eq!(
+            peek(&[22, 3, 1, 0, 8, 1, 0, 3, 232, 3, 3, 0, 0]),
+            Peek::Fragmented
+        );
     }
 
     #[test]

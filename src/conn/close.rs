@@ -42,7 +42,10 @@ impl CloseReason {
 
     /// Whether the connection ended normally (not counted as a failure).
     pub fn is_clean(self) -> bool {
-        matches!(self, CloseReason::Done | CloseReason::ClientEofNoCloseNotify)
+        matches!(
+            self,
+            CloseReason::Done | CloseReason::ClientEofNoCloseNotify
+        )
     }
 }
 

@@ -210,7 +210,9 @@ impl ServerTls {
                     rest = true;
                     Ok(())
                 }
-                Ok(_) => Err(rustls::Error::General("unexpected TLS connection state".into())),
+                Ok(_) => Err(rustls::Error::General(
+                    "unexpected TLS connection state".into(),
+                )),
             };
             incoming.drain(..discard);
             if let Err(e) = result {
@@ -228,20 +230,32 @@ impl ServerTls {
     /// `out` must have room for [`out_capacity`]`(plain.len())` minus the control slack.
     /// `incoming` holds the client bytes not yet processed (see the module invariants); it is
     /// only looked at, never consumed.
-    pub fn encrypt(&mut self, incoming: &mut [u8], plain: &[u8], out: &mut OutBuf) -> Result<(), TlsError> {
-        self.write_with(incoming, out, |traffic, spare| traffic.encrypt(plain, spare))
+    pub fn encrypt(
+        &mut self,
+        incoming: &mut [u8],
+        plain: &[u8],
+        out: &mut OutBuf,
+    ) -> Result<(), TlsError> {
+        self.write_with(incoming, out, |traffic, spare| {
+            traffic.encrypt(plain, spare)
+        })
     }
 
     /// Appends a close_notify alert to `out`.
     pub fn close_notify(&mut self, incoming: &mut [u8], out: &mut OutBuf) -> Result<(), TlsError> {
-        self.write_with(incoming, out, |traffic, spare| traffic.queue_close_notify(spare))
+        self.write_with(incoming, out, |traffic, spare| {
+            traffic.queue_close_notify(spare)
+        })
     }
 
     fn write_with(
         &mut self,
         incoming: &mut [u8],
         out: &mut OutBuf,
-        mut write: impl FnMut(&mut rustls::unbuffered::WriteTraffic<'_, rustls::server::ServerConnectionData>, &mut [u8]) -> Result<usize, EncryptError>,
+        mut write: impl FnMut(
+            &mut rustls::unbuffered::WriteTraffic<'_, rustls::server::ServerConnectionData>,
+            &mut [u8],
+        ) -> Result<usize, EncryptError>,
     ) -> Result<(), TlsError> {
         if self.failed {
             return Err(TlsError::NotWritable("connection failed"));
@@ -263,8 +277,9 @@ impl ServerTls {
                         }
                         Err(EncryptError::InsufficientSize(need)) => {
                             out.grow_for(need.required_size);
-                            let n = write(&mut traffic, out.spare_mut())
-                                .map_err(|e| TlsError::Protocol(rustls::Error::General(e.to_string())))?;
+                            let n = write(&mut traffic, out.spare_mut()).map_err(|e| {
+                                TlsError::Protocol(rustls::Error::General(e.to_string()))
+                            })?;
                             out.filled += n;
                             Ok(())
                         }
@@ -277,25 +292,27 @@ impl ServerTls {
                 ConnectionState::TransmitTlsData(transmit) => transmit.done(),
                 ConnectionState::PeerClosed => {}
                 ConnectionState::Closed => return Err(TlsError::NotWritable("closed")),
-                ConnectionState::BlockedHandshake => return Err(TlsError::NotWritable("handshaking")),
+                ConnectionState::BlockedHandshake => {
+                    return Err(TlsError::NotWritable("handshaking"))
+                }
                 _ => return Err(TlsError::NotWritable("unread plaintext pending")),
             }
         }
         Err(TlsError::NotWritable("no write state reached"))
     }
 
-    /// After a protocol error: move the alert rustls queued into `out` (a few passes at most).
+    /// After a protocol error: move the alert rustls queued into `out`.
     fn fail(&mut self, incoming: &mut [u8], out: &mut OutBuf) {
         self.failed = true;
-        for _ in 0..4 {
+        // Some deframing errors queue their alert only on the next pass, so allow one more
+        // pass; stop at the first alert, since rustls must not be asked to fail twice.
+        for _ in 0..2 {
             let UnbufferedStatus { state, .. } = self.conn.process_tls_records(incoming);
             match state {
                 Ok(ConnectionState::EncodeTlsData(mut encode)) => {
-                    if encode_into(&mut encode, out).is_err() {
-                        return;
-                    }
+                    let _ = encode_into(&mut encode, out);
+                    return;
                 }
-                // Some deframing errors queue their alert only on the next pass.
                 Err(_) => {}
                 Ok(_) => return,
             }
@@ -357,8 +374,11 @@ mod tests {
         .with_custom_certificate_verifier(Arc::new(AcceptAnything))
         .with_no_client_auth();
         Pair {
-            client: rustls::ClientConnection::new(Arc::new(client_cfg), "localhost".try_into().unwrap())
-                .unwrap(),
+            client: rustls::ClientConnection::new(
+                Arc::new(client_cfg),
+                "localhost".try_into().unwrap(),
+            )
+            .unwrap(),
             server: ServerTls::new(Arc::new(built.config)).unwrap(),
             incoming: Vec::with_capacity(MAX_RECORD_WIRE * 2),
             plain: Vec::with_capacity(MAX_RECORD_PLAINTEXT * 2),
@@ -367,6 +387,19 @@ mod tests {
     }
 
     impl Pair {
+        fn client_config(&self) -> Arc<rustls::ClientConfig> {
+            let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::aws_lc_rs::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AcceptAnything))
+            .with_no_client_auth();
+            cfg.alpn_protocols.clear();
+            Arc::new(cfg)
+        }
+
         /// Moves bytes both ways until neither side has anything to say.
         fn pump(&mut self) -> Progress {
             let mut progress = Progress::default();
@@ -376,7 +409,10 @@ mod tests {
                     self.client.write_tls(&mut self.incoming).unwrap();
                     moved = true;
                 }
-                let p = self.server.read(&mut self.incoming, &mut self.plain, &mut self.out).unwrap();
+                let p = self
+                    .server
+                    .read(&mut self.incoming, &mut self.plain, &mut self.out)
+                    .unwrap();
                 progress.peer_closed |= p.peer_closed;
                 if !self.out.is_empty() {
                     let mut bytes = self.out.as_slice();
@@ -450,7 +486,9 @@ mod tests {
         assert_eq!(got, data);
 
         // Server → client.
-        p.server.encrypt(&mut p.incoming, &data[..20_000], &mut p.out).unwrap();
+        p.server
+            .encrypt(&mut p.incoming, &data[..20_000], &mut p.out)
+            .unwrap();
         p.pump();
         let mut back = vec![0; 20_000];
         p.client.reader().read_exact(&mut back).unwrap();
@@ -459,7 +497,9 @@ mod tests {
         // Client close_notify is reported; the server can still send, then close.
         p.client.send_close_notify();
         assert!(p.pump().peer_closed);
-        p.server.encrypt(&mut p.incoming, b"after", &mut p.out).unwrap();
+        p.server
+            .encrypt(&mut p.incoming, b"after", &mut p.out)
+            .unwrap();
         p.server.close_notify(&mut p.incoming, &mut p.out).unwrap();
         p.pump();
         let mut tail = Vec::new();
@@ -480,8 +520,12 @@ mod tests {
     #[test]
     fn garbage_is_a_protocol_error_with_an_alert() {
         let mut p = pair(&[&rustls::version::TLS13]);
-        p.incoming.extend_from_slice(b"\x16\x03\x01\x00\x05hello-this-is-not-tls");
-        let err = p.server.read(&mut p.incoming, &mut p.plain, &mut p.out).unwrap_err();
+        p.incoming
+            .extend_from_slice(b"\x16\x03\x01\x00\x05hello-this-is-not-tls");
+        let err = p
+            .server
+            .read(&mut p.incoming, &mut p.plain, &mut p.out)
+            .unwrap_err();
         assert!(matches!(err, TlsError::Protocol(_)), "{err}");
         // An alert record (content type 21) was queued for the client.
         assert_eq!(p.out.as_slice().first(), Some(&21));
@@ -492,5 +536,63 @@ mod tests {
     fn out_capacity_covers_full_records() {
         assert!(out_capacity(16384) >= 16384 + 22 + CONTROL_SLACK);
         assert!(out_capacity(65536) >= 65536 + 4 * 22);
+    }
+
+    #[test]
+    fn mangled_client_flights_never_panic() {
+        let mut hello = Vec::new();
+        pair(&[&rustls::version::TLS13])
+            .client
+            .write_tls(&mut hello)
+            .unwrap();
+        for i in 0..hello.len() {
+            for v in [0u8, 0x7f, 0xff] {
+                let mut p = pair(&[&rustls::version::TLS13]);
+                p.incoming.extend_from_slice(&hello);
+                p.incoming[i] = v;
+                if p.server
+                    .read(&mut p.incoming, &mut p.plain, &mut p.out)
+                    .is_err()
+                {
+                    assert!(p.server.encrypt(&mut p.incoming, b"x", &mut p.out).is_err());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn write_path_with_a_partial_handshake_message_pending() {
+        let mut p = pair(&[&rustls::version::TLS13]);
+        let mut cfg = (*p.client_config()).clone();
+        cfg.max_fragment_size = Some(64);
+        p.client =
+            rustls::ClientConnection::new(Arc::new(cfg), "localhost".try_into().unwrap()).unwrap();
+        let mut hello = Vec::new();
+        p.client.write_tls(&mut hello).unwrap();
+        // First three records only: rustls keeps offsets into `incoming` between calls.
+        p.incoming.extend_from_slice(&hello[..(5 + 64) * 3]);
+        p.server
+            .read(&mut p.incoming, &mut p.plain, &mut p.out)
+            .unwrap();
+        assert!(
+            !p.incoming.is_empty(),
+            "rustls keeps the partial message in `incoming`"
+        );
+        // The write path must see the same buffer: with offsets pending, an empty one panics.
+        let r = p.server.encrypt(&mut p.incoming, b"x", &mut p.out);
+        assert!(matches!(r, Err(TlsError::NotWritable(_))), "{r:?}");
+        p.incoming.extend_from_slice(b"\x17\x03\x03\x00\x02zz");
+        let _ = p.server.read(&mut p.incoming, &mut p.plain, &mut p.out);
+    }
+
+    #[test]
+    fn split_client_hello_completes_the_handshake() {
+        let mut p = pair(&[&rustls::version::TLS12, &rustls::version::TLS13]);
+        let mut cfg = (*p.client_config()).clone();
+        cfg.max_fragment_size = Some(64);
+        p.client =
+            rustls::ClientConnection::new(Arc::new(cfg), "localhost".try_into().unwrap()).unwrap();
+        p.pump();
+        assert!(!p.server.is_handshaking());
     }
 }

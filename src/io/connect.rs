@@ -49,7 +49,11 @@ impl OneshotOutputTransform for ConnectDone {
     type Output = io::Result<()>;
     type StoredData = ConnectData;
 
-    fn transform_oneshot_output(self, data: ConnectData, cqe: io_uring::cqueue::Entry) -> io::Result<()> {
+    fn transform_oneshot_output(
+        self,
+        data: ConnectData,
+        cqe: io_uring::cqueue::Entry,
+    ) -> io::Result<()> {
         drop(data);
         match cqe.result() {
             r if r >= 0 => Ok(()),
@@ -59,8 +63,13 @@ impl OneshotOutputTransform for ConnectDone {
 }
 
 /// Connects to `addr` with the service's socket tunables, within `timeout`.
-pub async fn connect(addr: SocketAddr, tunables: &Tunables, timeout: Duration) -> Result<TcpStream, ConnectError> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(ConnectError::Other)?;
+pub async fn connect(
+    addr: SocketAddr,
+    tunables: &Tunables,
+    timeout: Duration,
+) -> Result<TcpStream, ConnectError> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+        .map_err(ConnectError::Other)?;
     let sref = socket2::SockRef::from(&socket);
     super::sockopt::apply_stream_tunables(&sref, tunables).map_err(ConnectError::Other)?;
     let socket = Rc::new(socket);
@@ -82,7 +91,9 @@ pub async fn connect(addr: SocketAddr, tunables: &Tunables, timeout: Duration) -
     .submit();
     match tokio::time::timeout(timeout, op).await {
         Ok(Ok(())) => {
-            let socket = Rc::try_unwrap(socket).map_err(|_| ConnectError::Other(io::Error::other("connect op still holds the socket")))?;
+            let socket = Rc::try_unwrap(socket).map_err(|_| {
+                ConnectError::Other(io::Error::other("connect op still holds the socket"))
+            })?;
             Ok(TcpStream::from_std(socket.into()))
         }
         Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => Err(ConnectError::Refused),

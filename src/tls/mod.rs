@@ -22,7 +22,12 @@ pub enum Version {
 
 impl Version {
     pub fn parse(text: &str) -> Option<Version> {
-        match text.trim().to_ascii_lowercase().trim_start_matches("tls").trim_start_matches('v') {
+        match text
+            .trim()
+            .to_ascii_lowercase()
+            .trim_start_matches("tls")
+            .trim_start_matches('v')
+        {
             "1.2" => Some(Version::Tls12),
             "1.3" => Some(Version::Tls13),
             _ => None,
@@ -43,7 +48,10 @@ pub struct TlsPolicy {
 /// Where the server certificate comes from.
 #[derive(Debug, Clone)]
 pub enum CertSource {
-    Files { cert: PathBuf, key: PathBuf },
+    Files {
+        cert: PathBuf,
+        key: PathBuf,
+    },
     /// Generate a self-signed certificate for localhost / 127.0.0.1 in memory.
     Ephemeral,
 }
@@ -158,7 +166,11 @@ fn select_groups(policy: &TlsPolicy) -> Result<Vec<&'static dyn SupportedKxGroup
                     field: PolicyField::Groups,
                     message: format!(
                         "unknown group {name:?}; known: {}",
-                        GROUP_NAMES.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+                        GROUP_NAMES
+                            .iter()
+                            .map(|(n, _)| *n)
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     ),
                 })
         })
@@ -173,21 +185,50 @@ pub fn load_certified_key(
 ) -> Result<CertifiedKey, PolicyError> {
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .and_then(|it| it.collect::<Result<_, _>>())
-        .or_else(|e| fail(PolicyField::Cert, format!("cannot read certificate {}: {}", cert.display(), pem_error(&e))))?;
+        .or_else(|e| {
+            fail(
+                PolicyField::Cert,
+                format!(
+                    "cannot read certificate {}: {}",
+                    cert.display(),
+                    pem_error(&e)
+                ),
+            )
+        })?;
     if chain.is_empty() {
-        return fail(PolicyField::Cert, format!("no certificate found in {}", cert.display()));
+        return fail(
+            PolicyField::Cert,
+            format!("no certificate found in {}", cert.display()),
+        );
     }
-    let key_der = PrivateKeyDer::from_pem_file(key)
-        .or_else(|e| fail(PolicyField::Key, format!("cannot read private key {}: {}", key.display(), pem_error(&e))))?;
+    let key_der = PrivateKeyDer::from_pem_file(key).or_else(|e| {
+        fail(
+            PolicyField::Key,
+            format!(
+                "cannot read private key {}: {}",
+                key.display(),
+                pem_error(&e)
+            ),
+        )
+    })?;
     let signing_key = provider
         .key_provider
         .load_private_key(key_der)
-        .or_else(|e| fail(PolicyField::Key, format!("unusable private key {}: {e}", key.display())))?;
+        .or_else(|e| {
+            fail(
+                PolicyField::Key,
+                format!("unusable private key {}: {e}", key.display()),
+            )
+        })?;
     let certified = CertifiedKey::new(chain, signing_key);
     certified.keys_match().or_else(|e| {
         fail(
             PolicyField::Key,
-            format!("key does not match the certificate ({} vs {}): {e}", key.display(), cert.display()),
+            format!(
+                "key does not match the certificate ({} vs {}): {e}",
+                key.display(),
+                cert.display()
+            ),
         )
     })?;
     Ok(certified)
@@ -196,22 +237,36 @@ pub fn load_certified_key(
 fn pem_error(e: &rustls::pki_types::pem::Error) -> String {
     match e {
         rustls::pki_types::pem::Error::Io(io) => io.to_string(),
-        rustls::pki_types::pem::Error::NoItemsFound => "no PEM item of the expected kind found".into(),
+        rustls::pki_types::pem::Error::NoItemsFound => {
+            "no PEM item of the expected kind found".into()
+        }
         other => format!("{other:?}"),
     }
 }
 
 /// A self-signed certificate for `localhost` and 127.0.0.1 (ECDSA P-256), in memory.
 pub fn ephemeral_certified_key(provider: &CryptoProvider) -> Result<CertifiedKey, PolicyError> {
-    let generated = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into(), "::1".into()])
-        .or_else(|e| fail(PolicyField::Cert, format!("cannot generate a self-signed certificate: {e}")))?;
+    let generated = rcgen::generate_simple_self_signed(vec![
+        "localhost".into(),
+        "127.0.0.1".into(),
+        "::1".into(),
+    ])
+    .or_else(|e| {
+        fail(
+            PolicyField::Cert,
+            format!("cannot generate a self-signed certificate: {e}"),
+        )
+    })?;
     let key_der = PrivateKeyDer::try_from(generated.key_pair.serialize_der())
         .or_else(|e| fail(PolicyField::Key, format!("generated key: {e}")))?;
     let signing_key = provider
         .key_provider
         .load_private_key(key_der)
         .or_else(|e| fail(PolicyField::Key, format!("generated key: {e}")))?;
-    Ok(CertifiedKey::new(vec![generated.cert.der().clone()], signing_key))
+    Ok(CertifiedKey::new(
+        vec![generated.cert.der().clone()],
+        signing_key,
+    ))
 }
 
 /// Hex SHA-256 of a DER certificate, `aa:bb:…` style like `openssl x509 -fingerprint`.
@@ -235,7 +290,10 @@ impl ResolvesServerCert for SingleCert {
 }
 
 /// Builds the rustls server config for one service.
-pub fn build_server_config(policy: &TlsPolicy, source: &CertSource) -> Result<BuiltConfig, PolicyError> {
+pub fn build_server_config(
+    policy: &TlsPolicy,
+    source: &CertSource,
+) -> Result<BuiltConfig, PolicyError> {
     let provider = CryptoProvider {
         cipher_suites: select_suites(policy)?,
         kx_groups: select_groups(policy)?,
@@ -252,17 +310,33 @@ pub fn build_server_config(policy: &TlsPolicy, source: &CertSource) -> Result<Bu
         CertSource::Files { cert, key } => load_certified_key(cert, key, &provider)?,
         CertSource::Ephemeral => ephemeral_certified_key(&provider)?,
     };
-    let cert_sha256 = fingerprint_sha256(certified.end_entity_cert().map(|c| c.as_ref()).unwrap_or_default());
+    let cert_sha256 = fingerprint_sha256(
+        certified
+            .end_entity_cert()
+            .map(|c| c.as_ref())
+            .unwrap_or_default(),
+    );
     let mut config = ServerConfig::builder_with_provider(Arc::new(provider))
         .with_protocol_versions(&versions)
-        .or_else(|e| fail(PolicyField::Versions, format!("inconsistent TLS policy: {e}")))?
+        .or_else(|e| {
+            fail(
+                PolicyField::Versions,
+                format!("inconsistent TLS policy: {e}"),
+            )
+        })?
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(SingleCert(Arc::new(certified))));
     for proto in &policy.alpn {
         if proto.is_empty() || proto.len() > 255 {
-            return fail(PolicyField::Alpn, format!("ALPN protocol {proto:?} must be 1 to 255 bytes"));
+            return fail(
+                PolicyField::Alpn,
+                format!("ALPN protocol {proto:?} must be 1 to 255 bytes"),
+            );
         }
     }
     config.alpn_protocols = policy.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
-    Ok(BuiltConfig { config, cert_sha256 })
+    Ok(BuiltConfig {
+        config,
+        cert_sha256,
+    })
 }

@@ -25,7 +25,9 @@ use super::WorkerCtx;
 use crate::config::{Backend, Service};
 use crate::conn::client_hello::{self, Peek};
 use crate::conn::close::CloseReason;
-use crate::conn::tls::{out_capacity, OutBuf, ServerTls, TlsError, MAX_RECORD_PLAINTEXT, MAX_RECORD_WIRE};
+use crate::conn::tls::{
+    out_capacity, OutBuf, ServerTls, TlsError, MAX_RECORD_PLAINTEXT, MAX_RECORD_WIRE,
+};
 use crate::io::connect::{self, ConnectError};
 use crate::io::sockopt;
 use crate::obs;
@@ -91,7 +93,9 @@ pub(super) async fn serve(ctx: Rc<WorkerCtx>, service: usize, client: TcpStream,
     let svc = &ctx.config.services[service];
     let started = Instant::now();
     debug!(worker = ctx.id, service = %svc.name, %peer, "accepted");
-    if let Err(e) = sockopt::with_sockref(&client, |s| sockopt::apply_stream_tunables(&s, &svc.tunables)) {
+    if let Err(e) = sockopt::with_sockref(&client, |s| {
+        sockopt::apply_stream_tunables(&s, &svc.tunables)
+    }) {
         debug!(%peer, error = %e, "could not set client socket options");
     }
     let tally = Tally::default();
@@ -112,7 +116,13 @@ pub(super) async fn serve(ctx: Rc<WorkerCtx>, service: usize, client: TcpStream,
     drop(slot);
 }
 
-async fn run(ctx: &WorkerCtx, svc: &Service, client: &TcpStream, peer: SocketAddr, tally: &Tally) -> CloseReason {
+async fn run(
+    ctx: &WorkerCtx,
+    svc: &Service,
+    client: &TcpStream,
+    peer: SocketAddr,
+    tally: &Tally,
+) -> CloseReason {
     let mut tls = match ServerTls::new(svc.tls.clone()) {
         Ok(t) => t,
         Err(e) => {
@@ -126,8 +136,8 @@ async fn run(ctx: &WorkerCtx, svc: &Service, client: &TcpStream, peer: SocketAdd
         r = tokio::time::timeout(svc.tunables.handshake_timeout, handshake(client, &mut tls, &mut bufs)) => r,
         _ = ctx.force_close.notified() => Ok(Err(CloseReason::DrainTimeout)),
     };
-    let sni = match handshake {
-        Ok(Ok(sni)) => sni,
+    let Handshaken { sni, peer_closed } = match handshake {
+        Ok(Ok(done)) => done,
         Ok(Err(reason)) => {
             obs::inc(&ctx.stats.handshake_failures);
             return reason;
@@ -171,14 +181,26 @@ async fn run(ctx: &WorkerCtx, svc: &Service, client: &TcpStream, peer: SocketAdd
         }
     };
 
-    let reason = relay(ctx, svc, client, &backend, tls, bufs, tally).await;
+    let reason = relay(ctx, svc, client, &backend, tls, bufs, peer_closed, tally).await;
     let _ = backend.shutdown(Shutdown::Both);
     reason
 }
 
-/// Runs the handshake to completion; returns the SNI the client sent, if any.
-async fn handshake(client: &TcpStream, tls: &mut ServerTls, bufs: &mut Buffers) -> Result<Option<Box<str>>, CloseReason> {
+/// What the handshake phase learned.
+struct Handshaken {
+    sni: Option<Box<str>>,
+    /// close_notify already arrived along with the client's last handshake flight.
+    peer_closed: bool,
+}
+
+/// Runs the handshake to completion.
+async fn handshake(
+    client: &TcpStream,
+    tls: &mut ServerTls,
+    bufs: &mut Buffers,
+) -> Result<Handshaken, CloseReason> {
     let mut sni = None;
+    let mut peer_closed = false;
     let mut peeked = false;
     loop {
         if !bufs.out.is_empty() {
@@ -187,7 +209,10 @@ async fn handshake(client: &TcpStream, tls: &mut ServerTls, bufs: &mut Buffers) 
                 .map_err(|_| CloseReason::HandshakeEof)?;
         }
         if !tls.is_handshaking() {
-            return Ok(sni);
+            return Ok(Handshaken { sni, peer_closed });
+        }
+        if bufs.incoming.len() == bufs.incoming.capacity() {
+            return Err(CloseReason::TlsError); // handshake messages larger than we buffer
         }
         let incoming = std::mem::take(&mut bufs.incoming);
         let (res, incoming) = client.read(incoming).await;
@@ -207,11 +232,14 @@ async fn handshake(client: &TcpStream, tls: &mut ServerTls, bufs: &mut Buffers) 
                 }
             }
         }
-        if let Err(e) = tls.read(&mut bufs.incoming, &mut bufs.upstream, &mut bufs.out) {
-            debug!(error = %e, "handshake failed");
-            // Best effort: the alert rustls queued.
-            let _ = flush(client, &mut bufs.out, &mut bufs.out_spare).await;
-            return Err(CloseReason::TlsError);
+        match tls.read(&mut bufs.incoming, &mut bufs.upstream, &mut bufs.out) {
+            Ok(progress) => peer_closed |= progress.peer_closed,
+            Err(e) => {
+                debug!(error = %e, "handshake failed");
+                // Best effort: the alert rustls queued.
+                let _ = flush(client, &mut bufs.out, &mut bufs.out_spare).await;
+                return Err(CloseReason::TlsError);
+            }
         }
     }
 }
@@ -256,6 +284,7 @@ async fn relay(
     backend: &TcpStream,
     tls: ServerTls,
     bufs: Buffers,
+    peer_closed: bool,
     tally: &Tally,
 ) -> CloseReason {
     let Buffers {
@@ -296,7 +325,7 @@ async fn relay(
     };
     let flows = async {
         tokio::try_join!(
-            relay.upstream(incoming_next, upstream),
+            relay.upstream(incoming_next, upstream, peer_closed),
             relay.downstream(downstream),
             relay.client_writer(out_spare),
         )
@@ -324,8 +353,12 @@ impl Relay<'_> {
     /// Reads land in `next`, behind a copy of the unconsumed tail (at most a partial record),
     /// and then `next` becomes `shared.incoming`; meanwhile the write path still sees the old
     /// buffer. Same bytes either way, so rustls's offsets stay valid.
-    async fn upstream(&self, mut next: Vec<u8>, mut plain: Vec<u8>) -> Result<CloseReason, CloseReason> {
-        let mut peer_closed = false;
+    async fn upstream(
+        &self,
+        mut next: Vec<u8>,
+        mut plain: Vec<u8>,
+        mut peer_closed: bool,
+    ) -> Result<CloseReason, CloseReason> {
         loop {
             if !plain.is_empty() {
                 let n = plain.len() as u64;
@@ -342,7 +375,9 @@ impl Relay<'_> {
             }
             let progress = {
                 let mut shared = self.shared.borrow_mut();
-                let Shared { tls, out, incoming, .. } = &mut *shared;
+                let Shared {
+                    tls, out, incoming, ..
+                } = &mut *shared;
                 let before = out.filled();
                 let r = tls.read(incoming, &mut plain, out);
                 if out.filled() != before {
@@ -400,15 +435,19 @@ impl Relay<'_> {
             plain = buf;
             let n = res.map_err(|_| CloseReason::BackendIoError)?;
             let mut shared = self.shared.borrow_mut();
-            let Shared { tls, out, incoming, .. } = &mut *shared;
+            let Shared {
+                tls, out, incoming, ..
+            } = &mut *shared;
             if n == 0 {
-                tls.close_notify(incoming, out).map_err(|_| CloseReason::TlsError)?;
+                tls.close_notify(incoming, out)
+                    .map_err(|_| CloseReason::TlsError)?;
                 shared.downstream_done = true;
                 self.wake_writer.notify_one();
                 return Ok(());
             }
             self.touch();
-            tls.encrypt(incoming, &plain, out).map_err(|_| CloseReason::TlsError)?;
+            tls.encrypt(incoming, &plain, out)
+                .map_err(|_| CloseReason::TlsError)?;
             self.tally.down.set(self.tally.down.get() + n as u64);
             plain.clear();
             self.wake_writer.notify_one();

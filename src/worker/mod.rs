@@ -64,7 +64,11 @@ impl WorkerCtx {
 }
 
 /// Runs a worker on the current thread until it is told to shut down and has drained.
-pub fn run(spec: WorkerSpec, control: mpsc::UnboundedReceiver<Control>, started: std::sync::mpsc::Sender<usize>) {
+pub fn run(
+    spec: WorkerSpec,
+    control: mpsc::UnboundedReceiver<Control>,
+    started: std::sync::mpsc::Sender<usize>,
+) {
     if let Some(cpu) = spec.cpu {
         if !core_affinity::set_for_current(core_affinity::CoreId { id: cpu }) {
             warn!(worker = spec.id, cpu, "could not pin worker to CPU");
@@ -100,7 +104,11 @@ async fn worker_main(
     for l in spec.listeners {
         let listener = TcpListener::from_std(l.socket);
         handles.push(l.shutdown_handle);
-        accept_tasks.push(tokio_uring::spawn(accept_loop(ctx.clone(), l.service, listener)));
+        accept_tasks.push(tokio_uring::spawn(accept_loop(
+            ctx.clone(),
+            l.service,
+            listener,
+        )));
     }
     let _ = started.send(ctx.id);
 
@@ -126,10 +134,19 @@ async fn worker_main(
     let drain = ctx.config.global.drain_timeout;
     let open = ctx.total_active();
     if open > 0 {
-        info!(worker = ctx.id, open, drain_timeout_ms = drain.as_millis() as u64, "draining connections");
+        info!(
+            worker = ctx.id,
+            open,
+            drain_timeout_ms = drain.as_millis() as u64,
+            "draining connections"
+        );
     }
     if tokio::time::timeout(drain, wait_idle(&ctx)).await.is_err() {
-        warn!(worker = ctx.id, open = ctx.total_active(), "drain_timeout reached: closing remaining connections");
+        warn!(
+            worker = ctx.id,
+            open = ctx.total_active(),
+            "drain_timeout reached: closing remaining connections"
+        );
         ctx.force_close.notify_waiters();
         let _ = tokio::time::timeout(Duration::from_secs(5), wait_idle(&ctx)).await;
     }
