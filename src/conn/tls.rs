@@ -89,8 +89,6 @@ impl OutBuf {
 pub struct Progress {
     /// The client sent close_notify: no more application data will come.
     pub peer_closed: bool,
-    /// `plain` has less than one record of room left; write it out and call again.
-    pub plain_full: bool,
 }
 
 #[derive(Debug)]
@@ -158,10 +156,12 @@ impl ServerTls {
     }
 
     /// Processes every complete record in `incoming` (removing them from its front):
-    /// application data goes to `plain` (never beyond its capacity), TLS output to `out`.
+    /// application data is appended to `plain`, TLS output to `out`.
     ///
-    /// Stops when it needs more input, when `plain` cannot take another full record, or when
-    /// the client has closed. On a protocol error the alert rustls wants to send is put in `out`.
+    /// It always consumes every complete record, so the write path never finds unread input
+    /// (see the module invariants). Plaintext is never longer than its ciphertext, so a
+    /// `plain` with as much spare room as `incoming` holds never reallocates.
+    /// On a protocol error the alert rustls wants to send is put in `out`.
     pub fn read(
         &mut self,
         incoming: &mut Vec<u8>,
@@ -170,10 +170,6 @@ impl ServerTls {
     ) -> Result<Progress, TlsError> {
         let mut progress = Progress::default();
         loop {
-            if plain.capacity() - plain.len() < MAX_RECORD_PLAINTEXT {
-                progress.plain_full = true;
-                return Ok(progress);
-            }
             let UnbufferedStatus { discard, state } = self.conn.process_tls_records(incoming);
             let mut rest = false;
             let result = match state {
@@ -594,5 +590,29 @@ mod tests {
             rustls::ClientConnection::new(Arc::new(cfg), "localhost".try_into().unwrap()).unwrap();
         p.pump();
         assert!(!p.server.is_handshaking());
+    }
+
+    #[test]
+    fn read_consumes_every_record_so_the_write_path_finds_no_input() {
+        for version in [&rustls::version::TLS12, &rustls::version::TLS13] {
+            let mut p = pair(&[version]);
+            p.pump();
+            // Four full records arrive in one read; `plain` starts smaller than their sum.
+            let data = vec![0xa5; 4 * MAX_RECORD_PLAINTEXT];
+            p.client.writer().write_all(&data).unwrap();
+            while p.client.wants_write() {
+                p.client.write_tls(&mut p.incoming).unwrap();
+            }
+            p.plain = Vec::with_capacity(MAX_RECORD_PLAINTEXT);
+            p.server
+                .read(&mut p.incoming, &mut p.plain, &mut p.out)
+                .unwrap();
+            assert!(p.incoming.is_empty());
+            assert_eq!(p.plain, data);
+            // Before the fix this failed: complete records were left for the write path.
+            p.server
+                .encrypt(&mut p.incoming, b"reply", &mut p.out)
+                .unwrap();
+        }
     }
 }

@@ -25,9 +25,7 @@ use super::WorkerCtx;
 use crate::config::{Backend, Service};
 use crate::conn::client_hello::{self, Peek};
 use crate::conn::close::CloseReason;
-use crate::conn::tls::{
-    out_capacity, OutBuf, ServerTls, TlsError, MAX_RECORD_PLAINTEXT, MAX_RECORD_WIRE,
-};
+use crate::conn::tls::{out_capacity, OutBuf, ServerTls, TlsError, MAX_RECORD_WIRE};
 use crate::io::connect::{self, ConnectError};
 use crate::io::sockopt;
 use crate::obs;
@@ -54,7 +52,8 @@ struct Buffers {
     incoming: Vec<u8>,
     /// Where the next client read lands during the relay (see `Relay::upstream`).
     incoming_next: Vec<u8>,
-    /// Plaintext client → backend (room for at least one whole record).
+    /// Plaintext client → backend: as large as `incoming`, since one `ServerTls::read`
+    /// decrypts everything complete in it.
     upstream: Vec<u8>,
     /// Plaintext backend → client.
     downstream: Vec<u8>,
@@ -70,7 +69,7 @@ impl Buffers {
         Buffers {
             incoming: Vec::with_capacity(buffer_size.max(MAX_RECORD_WIRE)),
             incoming_next: Vec::with_capacity(buffer_size.max(MAX_RECORD_WIRE)),
-            upstream: Vec::with_capacity(buffer_size.max(MAX_RECORD_PLAINTEXT)),
+            upstream: Vec::with_capacity(buffer_size.max(MAX_RECORD_WIRE)),
             downstream: Vec::with_capacity(buffer_size),
             out: OutBuf::with_capacity(out_cap),
             out_spare: vec![0; out_cap],
@@ -214,8 +213,7 @@ async fn handshake(
         if bufs.incoming.len() == bufs.incoming.capacity() {
             return Err(CloseReason::TlsError); // handshake messages larger than we buffer
         }
-        let incoming = std::mem::take(&mut bufs.incoming);
-        let (res, incoming) = client.read(incoming).await;
+        let (res, incoming) = read_append(client, std::mem::take(&mut bufs.incoming)).await;
         bufs.incoming = incoming;
         match res {
             Ok(0) | Err(_) => return Err(CloseReason::HandshakeEof),
@@ -242,6 +240,14 @@ async fn handshake(
             }
         }
     }
+}
+
+/// Reads into `buf`'s spare capacity, after the bytes it already holds. (A plain
+/// tokio-uring read fills the buffer from its start.) `buf` must not be full.
+async fn read_append(stream: &TcpStream, buf: Vec<u8>) -> (std::io::Result<usize>, Vec<u8>) {
+    let start = buf.len();
+    let (res, slice) = stream.read(buf.slice(start..)).await;
+    (res, slice.into_inner())
 }
 
 /// Writes all of `out` to the client, swapping storage with `spare` so no bytes are copied.
@@ -392,7 +398,10 @@ impl Relay<'_> {
                     self.wake_writer.notify_one();
                     return Ok(CloseReason::TlsError);
                 }
-                Err(TlsError::NotWritable(_)) => return Err(CloseReason::TlsError),
+                Err(e @ TlsError::NotWritable(_)) => {
+                    debug!(error = %e, "TLS read failed");
+                    return Err(CloseReason::TlsError);
+                }
                 Ok(p) => {
                     peer_closed = p.peer_closed;
                     if !plain.is_empty() || peer_closed {
@@ -403,12 +412,16 @@ impl Relay<'_> {
             {
                 let shared = self.shared.borrow();
                 if shared.incoming.len() == shared.incoming.capacity() {
-                    return Err(CloseReason::TlsError); // a record larger than TLS allows
+                    debug!(
+                        buffered = shared.incoming.len(),
+                        "client record does not fit the buffer"
+                    );
+                    return Err(CloseReason::TlsError);
                 }
                 next.clear();
                 next.extend_from_slice(&shared.incoming);
             }
-            let (res, buf) = self.client.read(next).await;
+            let (res, buf) = read_append(self.client, next).await;
             next = buf;
             match res {
                 Ok(0) => {
@@ -439,15 +452,19 @@ impl Relay<'_> {
                 tls, out, incoming, ..
             } = &mut *shared;
             if n == 0 {
-                tls.close_notify(incoming, out)
-                    .map_err(|_| CloseReason::TlsError)?;
+                tls.close_notify(incoming, out).map_err(|e| {
+                    debug!(error = %e, "cannot queue close_notify");
+                    CloseReason::TlsError
+                })?;
                 shared.downstream_done = true;
                 self.wake_writer.notify_one();
                 return Ok(());
             }
             self.touch();
-            tls.encrypt(incoming, &plain, out)
-                .map_err(|_| CloseReason::TlsError)?;
+            tls.encrypt(incoming, &plain, out).map_err(|e| {
+                debug!(error = %e, "cannot encrypt backend data");
+                CloseReason::TlsError
+            })?;
             self.tally.down.set(self.tally.down.get() + n as u64);
             plain.clear();
             self.wake_writer.notify_one();
