@@ -521,3 +521,87 @@ fn resolve(text: &str) -> Result<SocketAddr, String> {
         .next()
         .ok_or_else(|| format!("{text:?} resolves to no address"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    #[test]
+    fn no_file_means_a_demo_service() {
+        let cfg = load(None, &Overrides::default()).unwrap();
+        assert_eq!(cfg.services.len(), 1);
+        let svc = &cfg.services[0];
+        assert_eq!(svc.name, "default");
+        assert_eq!(svc.listen, DEFAULT_LISTEN.parse().unwrap());
+        assert_eq!(svc.backend, Backend::BuiltinEcho);
+        assert!(svc.ephemeral_cert);
+        assert_eq!(svc.tunables, Tunables::default());
+    }
+
+    #[test]
+    fn flags_override_the_first_service_and_paths_follow_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let generated = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        write(dir.path(), "c.pem", &generated.cert.pem());
+        write(dir.path(), "k.pem", &generated.key_pair.serialize_pem());
+        let file = write(
+            dir.path(),
+            "t.toml",
+            "[global]\nworkers = 3\npin = false\n[[service]]\nlisten = \"127.0.0.1:1\"\nbackend = \"127.0.0.1:2\"\ncert = \"c.pem\"\nkey = \"k.pem\"\nidle_timeout = \"2m\"\nkeepalive = false\n",
+        );
+        let overrides = Overrides {
+            backend: Some("127.0.0.1:9".into()),
+            workers: Some(1),
+            ..Overrides::default()
+        };
+        let cfg = load(Some(&file), &overrides).unwrap();
+        assert_eq!(cfg.global.workers, 1);
+        assert!(cfg.global.worker_cpus.is_empty());
+        let svc = &cfg.services[0];
+        assert_eq!(svc.backend, Backend::Addr("127.0.0.1:9".parse().unwrap()));
+        assert!(
+            !svc.ephemeral_cert,
+            "cert.pem relative to the file was loaded"
+        );
+        assert_eq!(svc.tunables.idle_timeout, Duration::from_secs(120));
+        assert_eq!(svc.tunables.keepalive, None);
+        assert!(
+            svc.listen_origin.ends_with("line 5: service[0].listen"),
+            "{}",
+            svc.listen_origin
+        );
+    }
+
+    #[test]
+    fn validation_errors_name_line_and_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = write(
+            dir.path(),
+            "t.toml",
+            "[[service]]\nlisten = \"127.0.0.1:1\"\nbackend = \"127.0.0.1:2\"\n\nbuffer_size = 10\n",
+        );
+        let err = load(Some(&file), &Overrides::default()).unwrap_err();
+        assert_eq!(err.line, Some(5));
+        assert_eq!(err.field.as_deref(), Some("service[0].buffer_size"));
+        assert!(
+            err.to_string()
+                .contains("t.toml line 5: service[0].buffer_size: must be between"),
+            "{err}"
+        );
+
+        let file = write(
+            dir.path(),
+            "u.toml",
+            "[[service]]\nlisten = \"127.0.0.1:1\"\n",
+        );
+        let err = load(Some(&file), &Overrides::default()).unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("service[0].backend"));
+        assert_eq!(err.line, Some(1), "absent key: the table header");
+    }
+}

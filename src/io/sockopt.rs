@@ -39,3 +39,48 @@ pub fn apply_buffer_sizes(sock: &SockRef<'_>, t: &Tunables) -> std::io::Result<(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Keepalive;
+    use std::net::{TcpListener, TcpStream};
+    use std::time::Duration;
+
+    #[test]
+    fn tunables_reach_the_socket() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let stream = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let tunables = Tunables {
+            nodelay: true,
+            keepalive: Some(Keepalive {
+                idle: Duration::from_secs(7),
+                interval: Duration::from_secs(3),
+                count: 4,
+            }),
+            rcvbuf: Some(200_000),
+            sndbuf: Some(300_000),
+            ..Tunables::default()
+        };
+        with_sockref(&stream, |s| apply_stream_tunables(&s, &tunables)).unwrap();
+        let s = SockRef::from(&stream);
+        assert!(s.nodelay().unwrap());
+        assert!(s.keepalive().unwrap());
+        assert_eq!(s.keepalive_time().unwrap(), Duration::from_secs(7));
+        assert_eq!(s.keepalive_interval().unwrap(), Duration::from_secs(3));
+        assert_eq!(s.keepalive_retries().unwrap(), 4);
+        // Linux doubles the requested size for bookkeeping.
+        assert!(s.recv_buffer_size().unwrap() >= 200_000);
+        assert!(s.send_buffer_size().unwrap() >= 300_000);
+
+        let off = Tunables {
+            nodelay: false,
+            keepalive: None,
+            ..Tunables::default()
+        };
+        let other = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        with_sockref(&other, |s| apply_stream_tunables(&s, &off)).unwrap();
+        assert!(!SockRef::from(&other).nodelay().unwrap());
+        assert!(!SockRef::from(&other).keepalive().unwrap());
+    }
+}
