@@ -180,7 +180,12 @@ async fn run(
         }
     };
 
-    let reason = relay(ctx, svc, client, &backend, tls, bufs, peer_closed, tally).await;
+    let established = Established {
+        tls,
+        bufs,
+        peer_closed,
+    };
+    let reason = relay(ctx, svc, client, &backend, established, tally).await;
     let _ = backend.shutdown(Shutdown::Both);
     reason
 }
@@ -283,16 +288,27 @@ struct Relay<'a> {
     tally: &'a Tally,
 }
 
+/// A connection whose handshake is done, ready to relay.
+struct Established {
+    tls: ServerTls,
+    bufs: Buffers,
+    /// The client already sent close_notify.
+    peer_closed: bool,
+}
+
 async fn relay(
     ctx: &WorkerCtx,
     svc: &Service,
     client: &TcpStream,
     backend: &TcpStream,
-    tls: ServerTls,
-    bufs: Buffers,
-    peer_closed: bool,
+    established: Established,
     tally: &Tally,
 ) -> CloseReason {
+    let Established {
+        tls,
+        bufs,
+        peer_closed,
+    } = established;
     let Buffers {
         incoming,
         incoming_next,
