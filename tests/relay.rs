@@ -73,6 +73,53 @@ fn tls12_ecdhe_ecdsa_chacha20_echo() {
     );
 }
 
+/// Many small TLS records arriving in a single TCP write.
+#[test]
+fn many_records_in_one_tcp_write() {
+    let env = TestEnv::new();
+    let backend = Backend::echo();
+    let proxy = env.config(backend.addr).start();
+    let mut tls = tls_connect_ok(proxy.addr(), &env.client());
+    let _ = take_tls_bytes(&mut tls); // nothing pending after the handshake, normally
+
+    let mut expected = Vec::new();
+    for i in 0..50 {
+        let msg = format!("record number {i};");
+        tls.conn.writer().write_all(msg.as_bytes()).unwrap();
+        expected.extend_from_slice(msg.as_bytes());
+    }
+    let wire = take_tls_bytes(&mut tls);
+    tls.sock.write_all(&wire).unwrap();
+    let out = read_plain(&mut tls, expected.len(), Duration::from_secs(10));
+    assert!(out.eof.is_none() && !out.timed_out, "{}", out.summary());
+    assert_same_bytes("50 coalesced records", &out.received, &expected);
+}
+
+/// One full-size record dribbled to the proxy a few bytes at a time.
+#[test]
+fn record_split_across_many_tcp_writes() {
+    let env = TestEnv::new();
+    let backend = Backend::echo();
+    let proxy = env.config(backend.addr).start();
+    let mut tls = tls_connect_ok(proxy.addr(), &env.client());
+    tls.sock.set_nodelay(true).unwrap();
+
+    let data = random_bytes(16 * KIB);
+    tls.conn.writer().write_all(&data).unwrap();
+    let wire = take_tls_bytes(&mut tls);
+    for (i, piece) in wire.chunks(997).enumerate() {
+        tls.sock.write_all(piece).unwrap();
+        if i % 4 == 0 {
+            thread::sleep(Duration::from_millis(2));
+        }
+    }
+    let out = read_plain(&mut tls, data.len(), Duration::from_secs(10));
+    assert!(out.eof.is_none() && !out.timed_out, "{}", out.summary());
+    assert_same_bytes("dribbled record", &out.received, &data);
+    // And the connection keeps working afterwards.
+    assert_echo(&mut tls, b"after\n", "echo after dribble");
+}
+
 /// 64 MiB each way, full duplex, byte-exact by SHA-256; then a clean close.
 fn big_transfer(opts: ClientOpts, version: ProtocolVersion) {
     let env = TestEnv::new();
@@ -83,20 +130,27 @@ fn big_transfer(opts: ClientOpts, version: ProtocolVersion) {
 
     let mut tls = tls_connect_ok(proxy.addr(), &cfg);
     assert_eq!(tls.conn.protocol_version(), Some(version));
-    let out = Transfer::until_eof(&data)
-        .close_after_send()
+    let out = Transfer::echo(&data)
         .timeout(Duration::from_secs(90))
         .run(&mut tls);
     assert!(!out.timed_out, "transfer timed out: {}", out.summary());
-    assert_eq!(out.sent, data.len(), "not everything was sent: {}", out.summary());
-    assert_same_bytes("64 MiB echo", &out.received, &data);
     assert_eq!(
-        out.eof,
-        Some(Eof::CloseNotify),
-        "connection should end with close_notify: {}",
+        out.sent,
+        data.len(),
+        "not everything was sent: {}",
         out.summary()
     );
+    assert_same_bytes("64 MiB echo", &out.received, &data);
     assert_eq!(backend.bytes_received(), data.len() as u64);
+
+    // Orderly close: client close_notify -> backend EOF -> backend closes -> close_notify.
+    let close = close_session(&mut tls, Duration::from_secs(10));
+    assert_eq!(
+        close.eof,
+        Some(Eof::CloseNotify),
+        "connection should end with the proxy's close_notify: {}",
+        close.summary()
+    );
     eprintln!("64 MiB each way over {version:?} in {:?}", out.elapsed);
 }
 
@@ -130,17 +184,20 @@ fn concurrent_200_connections() {
                 let tls = tls_connect(addr, &cfg);
                 barrier.wait();
                 let mut tls = tls.map_err(|e| format!("conn {i}: handshake: {e}"))?;
-                let out = Transfer::until_eof(&data)
-                    .close_after_send()
+                let out = Transfer::echo(&data)
                     .timeout(Duration::from_secs(60))
                     .run(&mut tls);
-                if out.received != data || out.eof != Some(Eof::CloseNotify) {
+                if out.received != data || out.eof.is_some() {
                     return Err(format!(
-                        "conn {i}: echo not byte-exact or unclean end: {} (sha256 got {} want {})",
+                        "conn {i}: echo not byte-exact: {} (sha256 got {} want {})",
                         out.summary(),
                         sha256_hex(&out.received),
                         sha256_hex(&data)
                     ));
+                }
+                let close = close_session(&mut tls, Duration::from_secs(20));
+                if close.timed_out {
+                    return Err(format!("conn {i}: not closed: {}", close.summary()));
                 }
                 Ok(())
             })
@@ -154,7 +211,12 @@ fn concurrent_200_connections() {
         failures.is_empty(),
         "{} of {N} connections failed, e.g.:\n{}",
         failures.len(),
-        failures.iter().take(5).cloned().collect::<Vec<_>>().join("\n")
+        failures
+            .iter()
+            .take(5)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     assert_eq!(backend.connections(), N);
     assert_eq!(backend.bytes_received(), (N * 64 * KIB) as u64);

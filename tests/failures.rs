@@ -1,0 +1,211 @@
+//! Failure handling: unreachable backends, silent clients, non-TLS garbage.
+
+mod common;
+
+use std::io::Write;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Connects to `addr`, tries to use the connection, and returns how long it took until the
+/// proxy closed it (handshake failure, EOF, close_notify, alert or reset). Panics if the
+/// connection is still open after `limit`, or if any payload comes back.
+fn time_until_closed(addr: std::net::SocketAddr, env: &TestEnv, limit: Duration) -> Duration {
+    let t0 = Instant::now();
+    match tls_connect(addr, &env.client()) {
+        Err(e) => {
+            // Closed during the handshake; must not be a client-side timeout.
+            assert!(
+                !matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ),
+                "handshake hung instead of being closed: {e}"
+            );
+            t0.elapsed()
+        }
+        Ok(mut tls) => {
+            let out = Transfer::until_eof(b"hello?\n")
+                .timeout(limit)
+                .run(&mut tls);
+            assert!(
+                !out.timed_out,
+                "connection not closed within {limit:?}: {}",
+                out.summary()
+            );
+            assert!(
+                out.received.is_empty(),
+                "no backend, yet data came back: {}",
+                out.summary()
+            );
+            t0.elapsed()
+        }
+    }
+}
+
+#[test]
+fn backend_refused_closes_client_and_other_service_works() {
+    let env = TestEnv::new();
+    let echo = Backend::echo();
+    let down = closed_port_addr();
+    let proxy = env
+        .config(down)
+        .service(r#"connect_timeout = "2s""#)
+        .add_service("up", echo.addr, &[])
+        .start();
+
+    let took = time_until_closed(proxy.service_addr("svc"), &env, Duration::from_secs(10));
+    assert!(
+        took < Duration::from_secs(3),
+        "closed only after {took:?} (connect_timeout is 2s, refused should be immediate)"
+    );
+    assert!(
+        proxy.wait_for_log("reason=backend_connect", Duration::from_secs(5)),
+        "no `reason=backend_connect...` log line"
+    );
+    let lines = proxy.log_lines("reason=backend_connect");
+    assert!(
+        lines.iter().any(|l| l.contains("WARN")),
+        "backend connect failure should be logged at WARN: {lines:?}"
+    );
+
+    // The working service is unaffected.
+    let mut tls = tls_connect_ok(proxy.service_addr("up"), &env.client());
+    assert_echo(&mut tls, b"still alive\n", "echo via working service");
+
+    // And the broken one keeps failing fast (the proxy did not get stuck).
+    let took = time_until_closed(proxy.service_addr("svc"), &env, Duration::from_secs(10));
+    assert!(took < Duration::from_secs(3), "second attempt: {took:?}");
+}
+
+#[test]
+fn backend_connect_timeout_closes_client() {
+    let env = TestEnv::new();
+    let hole = BlackholeBackend::start();
+    let proxy = env
+        .config(hole.addr)
+        .service(r#"connect_timeout = "1s""#)
+        .service(r#"handshake_timeout = "10s""#)
+        .start();
+
+    let took = time_until_closed(proxy.addr(), &env, Duration::from_secs(10));
+    assert!(
+        took >= Duration::from_millis(900),
+        "closed after {took:?}, before connect_timeout (1s) could have expired"
+    );
+    assert!(
+        took <= Duration::from_secs(3),
+        "closed only after {took:?} (connect_timeout is 1s)"
+    );
+    assert!(
+        proxy.wait_for_log("reason=backend_connect_timeout", Duration::from_secs(5)),
+        "no `reason=backend_connect_timeout` log line"
+    );
+}
+
+#[test]
+fn silent_client_closed_at_handshake_timeout() {
+    let env = TestEnv::new();
+    let echo = Backend::echo();
+    let proxy = env
+        .config(echo.addr)
+        .service(r#"handshake_timeout = "1s""#)
+        .start();
+
+    let t0 = Instant::now();
+    let mut s = tcp_connect(proxy.addr()).expect("connect");
+    let end = raw_read_until_closed(&mut s, t0, Duration::from_secs(6));
+    assert!(
+        end.closed(),
+        "silent connection still open after {:?}",
+        end.elapsed
+    );
+    assert!(
+        end.elapsed >= Duration::from_millis(500) && end.elapsed <= Duration::from_secs(3),
+        "closed after {:?}, expected about 1s (handshake_timeout)",
+        end.elapsed
+    );
+    assert!(
+        proxy.wait_for_log("reason=handshake_timeout", Duration::from_secs(3)),
+        "no `reason=handshake_timeout` log line"
+    );
+}
+
+/// Sends `garbage` instead of a ClientHello and checks the proxy closes the connection quickly
+/// (well before handshake_timeout), answering at most with a TLS alert.
+fn garbage_is_rejected(addr: std::net::SocketAddr, garbage: &[u8], what: &str) {
+    let t0 = Instant::now();
+    let mut s = tcp_connect(addr).expect("connect");
+    // The proxy may close before we finish writing: a write error is fine.
+    let _ = s.write_all(garbage);
+    let end = raw_read_until_closed(&mut s, t0, Duration::from_secs(8));
+    assert!(
+        end.closed(),
+        "{what}: connection still open after {:?}",
+        end.elapsed
+    );
+    assert!(
+        end.elapsed < Duration::from_secs(3),
+        "{what}: closed only after {:?} (handshake_timeout is 10s)",
+        end.elapsed
+    );
+    assert!(
+        end.bytes.is_empty() || (end.bytes[0] == 0x15 && end.bytes.len() <= 64),
+        "{what}: expected nothing or a TLS alert record, got {} bytes: {:02x?}",
+        end.bytes.len(),
+        &end.bytes[..end.bytes.len().min(32)]
+    );
+}
+
+#[test]
+fn garbage_client_hello_is_rejected_without_disturbing_others() {
+    let env = TestEnv::new();
+    let echo = Backend::echo();
+    let proxy = env
+        .config(echo.addr)
+        .service(r#"handshake_timeout = "10s""#)
+        .start();
+    let addr = proxy.addr();
+
+    let mut good = tls_connect_ok(addr, &env.client());
+    let before = random_bytes(32 * KIB);
+    assert_echo(&mut good, &before, "echo before garbage");
+
+    let mut random = random_bytes(4 * KIB);
+    random[0] = 0xEE; // never a valid TLS content type
+    let garbage: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "http request",
+            b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n".to_vec(),
+        ),
+        ("4 KiB random", random),
+    ];
+    let handles: Vec<_> = garbage
+        .into_iter()
+        .map(|(what, bytes)| thread::spawn(move || garbage_is_rejected(addr, &bytes, what)))
+        .collect();
+
+    // Meanwhile the established connection keeps working.
+    let during = random_bytes(MIB);
+    assert_echo(&mut good, &during, "echo while garbage arrives");
+    for h in handles {
+        h.join().expect("garbage client failed");
+    }
+    let after = random_bytes(32 * KIB);
+    assert_echo(&mut good, &after, "echo after garbage");
+
+    // Nothing of the garbage reached the backend.
+    assert_eq!(
+        echo.bytes_received(),
+        (before.len() + during.len() + after.len()) as u64,
+        "backend received bytes other than the legitimate client's"
+    );
+    assert!(
+        proxy
+            .log_lines("reason=")
+            .iter()
+            .any(|l| l.contains("WARN")),
+        "rejected connections should produce a WARN line with reason="
+    );
+}
