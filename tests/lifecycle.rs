@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -173,31 +172,6 @@ fn sigint_idle_exits_zero_and_logs_final_stats() {
 }
 
 /// Sends SIGUSR1 and returns worker index -> stats line (the first line for each worker).
-fn worker_stats(proxy: &Proxy, workers: usize) -> BTreeMap<String, String> {
-    let before = proxy.log_lines("worker stats").len();
-    proxy.signal(libc::SIGUSR1);
-    assert!(
-        proxy.wait_for_log_count("worker stats", before + workers, Duration::from_secs(10)),
-        "expected {workers} `worker stats` lines after SIGUSR1, log:\n{}",
-        proxy.log()
-    );
-    let mut map = BTreeMap::new();
-    for l in proxy.log_lines("worker stats").into_iter().skip(before) {
-        let w = field(&l, "worker")
-            .unwrap_or_else(|| panic!("no worker= in {l}"))
-            .to_string();
-        map.entry(w).or_insert(l);
-    }
-    map
-}
-
-fn num(line: &str, key: &str) -> u64 {
-    field(line, key)
-        .unwrap_or_else(|| panic!("no {key}= in {line}"))
-        .parse()
-        .unwrap_or_else(|_| panic!("{key}= not a number in {line}"))
-}
-
 #[test]
 fn two_workers_share_connections() {
     const N: usize = 200;

@@ -258,7 +258,7 @@ impl ConfigBuilder<'_> {
         self
     }
 
-    /// Extra raw line(s) for `[global]`.
+    /// Extra raw line(s) for `[global]` (a `pin = ...` line replaces the default `pin = false`).
     pub fn global(mut self, line: &str) -> Self {
         self.global.push(line.to_string());
         self
@@ -285,7 +285,13 @@ impl ConfigBuilder<'_> {
         let dt = toml_str(&self.drain_timeout);
         let _ = writeln!(t, "[global]");
         let _ = writeln!(t, "workers = {}", self.workers);
-        let _ = writeln!(t, "pin = false");
+        if !self
+            .global
+            .iter()
+            .any(|l| l.trim_start().starts_with("pin"))
+        {
+            let _ = writeln!(t, "pin = false");
+        }
         let _ = writeln!(t, "drain_timeout = {dt}");
         for l in &self.global {
             let _ = writeln!(t, "{l}");
@@ -1488,4 +1494,31 @@ pub fn s_client(
         stderr,
         status,
     }
+}
+
+/// Sends SIGUSR1 and returns each worker's `worker stats` line, keyed by worker id.
+pub fn worker_stats(proxy: &Proxy, workers: usize) -> std::collections::BTreeMap<String, String> {
+    let before = proxy.log_lines("worker stats").len();
+    proxy.signal(libc::SIGUSR1);
+    assert!(
+        proxy.wait_for_log_count("worker stats", before + workers, Duration::from_secs(10)),
+        "expected {workers} `worker stats` lines after SIGUSR1, log:\n{}",
+        proxy.log()
+    );
+    let mut map = std::collections::BTreeMap::new();
+    for l in proxy.log_lines("worker stats").into_iter().skip(before) {
+        let w = field(&l, "worker")
+            .unwrap_or_else(|| panic!("no worker= in {l}"))
+            .to_string();
+        map.entry(w).or_insert(l);
+    }
+    map
+}
+
+/// The numeric value of `key=` in a log line.
+pub fn num(line: &str, key: &str) -> u64 {
+    field(line, key)
+        .unwrap_or_else(|| panic!("no {key}= in {line}"))
+        .parse()
+        .unwrap_or_else(|_| panic!("{key}= not a number in {line}"))
 }
