@@ -90,7 +90,6 @@ fn main() -> ExitCode {
             match tlsfront::server::run(cfg) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    tracing::error!("{e}");
                     eprintln!("error: {e}");
                     ExitCode::FAILURE
                 }

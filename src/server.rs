@@ -34,9 +34,13 @@ pub enum ServerError {
 
 /// Binds one SO_REUSEPORT listener per worker for each service. Port 0 is resolved once, by
 /// the first bind, and the other workers join that port.
-fn bind_all(config: &Config) -> Result<Vec<Vec<WorkerListener>>, ServerError> {
+/// The listeners per worker, and each service's bound address.
+type Bound = (Vec<Vec<WorkerListener>>, Vec<SocketAddr>);
+
+fn bind_all(config: &Config) -> Result<Bound, ServerError> {
     let workers = config.global.workers;
     let mut per_worker: Vec<Vec<WorkerListener>> = (0..workers).map(|_| Vec::new()).collect();
+    let mut bound = Vec::with_capacity(config.services.len());
     for (index, svc) in config.services.iter().enumerate() {
         let mut addr = svc.listen;
         for listeners in per_worker.iter_mut() {
@@ -70,12 +74,9 @@ fn bind_all(config: &Config) -> Result<Vec<Vec<WorkerListener>>, ServerError> {
                 shutdown_handle,
             });
         }
-        info!(
-            "listening service={} addr={} workers={}",
-            svc.name, addr, workers
-        );
+        bound.push(addr);
     }
-    Ok(per_worker)
+    Ok((per_worker, bound))
 }
 
 /// Runs the proxy until a shutdown signal has been handled and every worker has drained.
@@ -94,7 +95,16 @@ pub fn run(mut config: Config) -> Result<(), ServerError> {
             );
         }
     }
-    let listeners = bind_all(&config)?;
+    // Everything binds or nothing does: on error the sockets bound so far are dropped.
+    let (listeners, bound) = bind_all(&config)?;
+    for (svc, addr) in config.services.iter().zip(&bound) {
+        info!(
+            "listening service={} addr={} workers={}",
+            svc.name,
+            addr,
+            listeners.len()
+        );
+    }
     let config = Arc::new(config);
 
     let signals = tokio::runtime::Builder::new_current_thread()
