@@ -40,12 +40,56 @@ impl CloseReason {
         }
     }
 
-    /// Whether the connection ended normally (not counted as a failure).
+    /// Whether the connection ended normally; anything else counts in `closed_with_error`.
     pub fn is_clean(self) -> bool {
         matches!(
             self,
             CloseReason::Done | CloseReason::ClientEofNoCloseNotify
         )
+    }
+
+    /// Whether an operator should look at it (logged as a warning): the proxy, the backend
+    /// or a misbehaving peer failed. A client that simply goes away or idles out is routine
+    /// on any public listener and is logged at info, so resets cannot flood the log.
+    pub fn is_failure(self) -> bool {
+        !matches!(
+            self,
+            CloseReason::Done
+                | CloseReason::ClientEofNoCloseNotify
+                | CloseReason::HandshakeEof
+                | CloseReason::ClientIoError
+                | CloseReason::IdleTimeout
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CloseReason::*;
+
+    #[test]
+    fn routine_client_departures_are_not_failures() {
+        for r in [
+            Done,
+            ClientEofNoCloseNotify,
+            HandshakeEof,
+            ClientIoError,
+            IdleTimeout,
+        ] {
+            assert!(!r.is_failure(), "{r}");
+        }
+        for r in [
+            TlsError,
+            HandshakeTimeout,
+            BackendConnectRefused,
+            BackendConnectTimeout,
+            BackendIoError,
+            DrainTimeout,
+        ] {
+            assert!(r.is_failure(), "{r}");
+            assert!(!r.is_clean(), "{r}");
+        }
+        assert!(Done.is_clean() && !ClientIoError.is_clean());
     }
 }
 

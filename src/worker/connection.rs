@@ -106,11 +106,13 @@ pub(super) async fn serve(ctx: Rc<WorkerCtx>, service: usize, client: TcpStream,
     obs::add(&ctx.stats.bytes_client_to_backend, up);
     obs::add(&ctx.stats.bytes_backend_to_client, down);
     let duration_ms = started.elapsed().as_millis() as u64;
-    if reason.is_clean() {
-        info!(worker = ctx.id, service = %svc.name, %peer, bytes_in = up, bytes_out = down, duration_ms, reason = %reason, "closed");
-    } else {
+    if !reason.is_clean() {
         obs::inc(&ctx.stats.closed_with_error);
+    }
+    if reason.is_failure() {
         warn!(worker = ctx.id, service = %svc.name, %peer, bytes_in = up, bytes_out = down, duration_ms, reason = %reason, "closed");
+    } else {
+        info!(worker = ctx.id, service = %svc.name, %peer, bytes_in = up, bytes_out = down, duration_ms, reason = %reason, "closed");
     }
     drop(slot);
 }
@@ -137,6 +139,12 @@ async fn run(
     };
     let Handshaken { sni, peer_closed } = match handshake {
         Ok(Ok(done)) => done,
+        Ok(Err(reason)) if !tls.is_handshaking() => {
+            // The handshake finished; the client left while we sent its last flight
+            // (tickets), as `openssl s_time` does.
+            obs::inc(&ctx.stats.handshakes);
+            return reason;
+        }
         Ok(Err(reason)) => {
             obs::inc(&ctx.stats.handshake_failures);
             return reason;
@@ -210,7 +218,7 @@ async fn handshake(
         if !bufs.out.is_empty() {
             flush(client, &mut bufs.out, &mut bufs.out_spare)
                 .await
-                .map_err(|_| CloseReason::HandshakeEof)?;
+                .map_err(|_| CloseReason::ClientIoError)?;
         }
         if !tls.is_handshaking() {
             return Ok(Handshaken { sni, peer_closed });
