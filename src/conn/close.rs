@@ -63,6 +63,12 @@ impl CloseReason {
     }
 }
 
+impl std::fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::CloseReason::*;
@@ -90,11 +96,5 @@ mod tests {
             assert!(!r.is_clean(), "{r}");
         }
         assert!(Done.is_clean() && !ClientIoError.is_clean());
-    }
-}
-
-impl std::fmt::Display for CloseReason {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
     }
 }

@@ -371,7 +371,7 @@ mod tests {
         .with_protocol_versions(versions)
         .unwrap()
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AcceptAnything))
+        .with_custom_certificate_verifier(accept_any())
         .with_no_client_auth();
         Pair {
             client: rustls::ClientConnection::new(
@@ -394,7 +394,7 @@ mod tests {
             .with_safe_default_protocol_versions()
             .unwrap()
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AcceptAnything))
+            .with_custom_certificate_verifier(accept_any())
             .with_no_client_auth();
             cfg.alpn_protocols.clear();
             Arc::new(cfg)
@@ -431,40 +431,10 @@ mod tests {
         }
     }
 
-    #[derive(Debug)]
-    struct AcceptAnything;
-    impl rustls::client::danger::ServerCertVerifier for AcceptAnything {
-        fn verify_server_cert(
-            &self,
-            _: &rustls::pki_types::CertificateDer<'_>,
-            _: &[rustls::pki_types::CertificateDer<'_>],
-            _: &rustls::pki_types::ServerName<'_>,
-            _: &[u8],
-            _: rustls::pki_types::UnixTime,
-        ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-            Ok(rustls::client::danger::ServerCertVerified::assertion())
-        }
-        fn verify_tls12_signature(
-            &self,
-            _: &[u8],
-            _: &rustls::pki_types::CertificateDer<'_>,
-            _: &rustls::DigitallySignedStruct,
-        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-            Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
-        }
-        fn verify_tls13_signature(
-            &self,
-            _: &[u8],
-            _: &rustls::pki_types::CertificateDer<'_>,
-            _: &rustls::DigitallySignedStruct,
-        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-            Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
-        }
-        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-            rustls::crypto::aws_lc_rs::default_provider()
-                .signature_verification_algorithms
-                .supported_schemes()
-        }
+    fn accept_any() -> Arc<crate::tls::danger::AcceptAnyServerCert> {
+        Arc::new(crate::tls::danger::AcceptAnyServerCert::new(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        )))
     }
 
     fn round_trip(versions: &[&'static rustls::SupportedProtocolVersion], expect: &str) {

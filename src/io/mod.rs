@@ -7,4 +7,5 @@
 #![allow(unsafe_code)]
 
 pub mod connect;
+pub mod rusage;
 pub mod sockopt;

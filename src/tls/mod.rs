@@ -3,6 +3,8 @@
 //! Everything here runs at configuration time; errors say which policy field is at fault so
 //! the config layer can point at the right line.
 
+pub mod danger;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
