@@ -116,7 +116,7 @@ fn sigterm_drains_inflight_transfer_then_exits_zero() {
         panic!("transfer did not get going before SIGTERM: {detail}");
     }
     let at_signal = received.load(Ordering::SeqCst);
-    proxy.signal(libc::SIGTERM);
+    proxy.signal(Signal::TERM);
     assert!(
         proxy.wait_for_log("shutting down", Duration::from_secs(5)),
         "no `shutting down` log line after SIGTERM"
@@ -155,7 +155,7 @@ fn sigint_idle_exits_zero_and_logs_final_stats() {
     assert_echo(&mut tls, b"one\n", "echo");
     drop(tls);
 
-    proxy.signal(libc::SIGINT);
+    proxy.signal(Signal::INT);
     let status = proxy
         .wait_exit(Duration::from_secs(10))
         .expect("idle proxy did not exit within 10s of SIGINT");
@@ -363,11 +363,11 @@ fn ephemeral_self_signed_cert_when_no_cert_given() {
     let (line, fp) = logged_fingerprint(&proxy);
     assert!(line.contains("WARN"), "ephemeral cert should warn: {line}");
 
-    let (cfg, seen) = insecure_client();
+    let cfg = insecure_client();
     let mut tls = tls_connect_ok(proxy.addr(), &cfg);
     let msg = b"self-signed works\n";
     assert_echo(&mut tls, msg, "echo");
-    let der = seen.lock().unwrap().clone().expect("no certificate seen");
+    let der = tls.conn.peer_certificates().expect("no certificate seen")[0].to_vec();
     assert_eq!(
         fp,
         sha256_hex(&der),
@@ -385,7 +385,7 @@ fn builtin_echo_backend_when_no_backend_given() {
             .any(|l| l.contains("echo") && l.contains("backend")),
         "log should mention the built-in echo backend:\n{log}"
     );
-    let (cfg, _) = insecure_client();
+    let cfg = insecure_client();
     let mut tls = tls_connect_ok(proxy.addr(), &cfg);
     let data = random_bytes(256 * KIB);
     assert_echo(&mut tls, &data, "built-in echo");

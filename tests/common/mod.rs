@@ -9,7 +9,6 @@ use std::ffi::OsStr;
 use std::fmt::Write as _;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::os::unix::io::AsRawFd;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
@@ -18,13 +17,15 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustix::event::{poll, PollFd, PollFlags, Timespec};
+pub use rustix::process::Signal;
+use rustix::process::{kill_process, Pid};
 use rustls::crypto::aws_lc_rs as provider;
 use rustls::crypto::{CryptoProvider, SupportedKxGroup};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{
-    CipherSuite, ClientConfig, ClientConnection, DigitallySignedStruct, ProtocolVersion,
-    RootCertStore, SignatureScheme, SupportedCipherSuite, SupportedProtocolVersion,
+    CipherSuite, ClientConfig, ClientConnection, ProtocolVersion, RootCertStore,
+    SupportedCipherSuite, SupportedProtocolVersion,
 };
 
 /// How long a proxy may take from spawn to its `ready` line.
@@ -501,10 +502,9 @@ impl Proxy {
         }
     }
 
-    pub fn signal(&self, sig: libc::c_int) {
-        // SAFETY: plain kill(2) on our own child's pid.
-        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, sig) };
-        assert_eq!(rc, 0, "kill({}, {sig}) failed", self.child.id());
+    pub fn signal(&self, sig: Signal) {
+        kill_process(Pid::from_child(&self.child), sig)
+            .unwrap_or_else(|e| panic!("kill({}, {sig:?}) failed: {e}", self.child.id()));
     }
 
     /// Number of open file descriptors of the child (entries of /proc/PID/fd).
@@ -924,79 +924,20 @@ impl ClientOpts {
     }
 }
 
-/// Client config that accepts any server certificate (signatures are still checked) and records
-/// the end-entity certificate it saw. Only for the tests of the ephemeral self-signed cert.
-pub fn insecure_client() -> (Arc<ClientConfig>, SeenCert) {
+/// Client config that accepts any server certificate (signatures are still checked).
+/// Only for the tests of the ephemeral self-signed cert.
+pub fn insecure_client() -> Arc<ClientConfig> {
     let provider = Arc::new(provider::default_provider());
-    let seen: SeenCert = Default::default();
-    let verifier = Arc::new(AcceptAnyCert {
-        provider: provider.clone(),
-        seen: seen.clone(),
-    });
+    let verifier = Arc::new(tlsfront::tls::danger::AcceptAnyServerCert::new(
+        provider.clone(),
+    ));
     let cfg = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .unwrap()
         .dangerous()
         .with_custom_certificate_verifier(verifier)
         .with_no_client_auth();
-    (Arc::new(cfg), seen)
-}
-
-/// The DER of the last end-entity certificate an [`insecure_client`] was shown.
-pub type SeenCert = Arc<Mutex<Option<Vec<u8>>>>;
-
-#[derive(Debug)]
-struct AcceptAnyCert {
-    provider: Arc<CryptoProvider>,
-    seen: SeenCert,
-}
-
-impl ServerCertVerifier for AcceptAnyCert {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        *self.seen.lock().unwrap() = Some(end_entity.as_ref().to_vec());
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
+    Arc::new(cfg)
 }
 
 pub fn tcp_connect(addr: SocketAddr) -> io::Result<TcpStream> {
@@ -1122,7 +1063,6 @@ impl<'a> Transfer<'a> {
         let start = Instant::now();
         let deadline = start + self.timeout;
         tls.sock.set_nonblocking(true).expect("nonblocking");
-        let fd = tls.sock.as_raw_fd();
         let mut received = Vec::with_capacity(self.expect.unwrap_or(0).min(256 * MIB));
         let mut buf = vec![0u8; 64 * KIB];
         let mut sent = 0usize;
@@ -1235,12 +1175,12 @@ impl<'a> Transfer<'a> {
 
             // 6. Nothing happened: wait for the socket.
             if !progressed {
-                let mut events: libc::c_short = 0;
+                let mut events = PollFlags::empty();
                 if eof.is_none() && tls.conn.wants_read() {
-                    events |= libc::POLLIN;
+                    events |= PollFlags::IN;
                 }
                 if tls.conn.wants_write() {
-                    events |= libc::POLLOUT;
+                    events |= PollFlags::OUT;
                 }
                 let now = Instant::now();
                 let mut wait = Duration::from_millis(50);
@@ -1248,13 +1188,8 @@ impl<'a> Transfer<'a> {
                     wait = wait.min(next_send - now);
                 }
                 wait = wait.min(deadline.saturating_duration_since(now));
-                let mut pfd = libc::pollfd {
-                    fd,
-                    events,
-                    revents: 0,
-                };
-                // SAFETY: one valid pollfd for the duration of the call.
-                unsafe { libc::poll(&mut pfd, 1, wait.as_millis().max(1) as libc::c_int) };
+                let wait = Timespec::try_from(wait.max(Duration::from_millis(1))).expect("timeout");
+                let _ = poll(&mut [PollFd::new(&tls.sock, events)], Some(&wait));
             }
         }
         let _ = tls.sock.set_nonblocking(false);
@@ -1499,7 +1434,7 @@ pub fn s_client(
 /// Sends SIGUSR1 and returns each worker's `worker stats` line, keyed by worker id.
 pub fn worker_stats(proxy: &Proxy, workers: usize) -> std::collections::BTreeMap<String, String> {
     let before = proxy.log_lines("worker stats").len();
-    proxy.signal(libc::SIGUSR1);
+    proxy.signal(Signal::USR1);
     assert!(
         proxy.wait_for_log_count("worker stats", before + workers, Duration::from_secs(10)),
         "expected {workers} `worker stats` lines after SIGUSR1, log:\n{}",
