@@ -11,7 +11,7 @@ use std::thread;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::config::{Backend, Config};
 use crate::worker::{self, Control, WorkerListener, WorkerSpec};
@@ -30,6 +30,27 @@ pub enum ServerError {
     Spawn(std::io::Error),
     #[error("cannot set up signal handling: {0}")]
     Signals(std::io::Error),
+    #[error("worker {0} stopped unexpectedly")]
+    WorkerDied(usize),
+}
+
+/// Tells the main thread, from a worker thread's drop (normal end or panic), that it ended.
+struct ExitNotice(usize, mpsc::UnboundedSender<usize>);
+
+impl Drop for ExitNotice {
+    fn drop(&mut self) {
+        let _ = self.1.send(self.0);
+    }
+}
+
+/// Orders every worker to drain and waits for them.
+fn stop_workers(controls: &[mpsc::UnboundedSender<Control>], threads: Vec<thread::JoinHandle<()>>) {
+    for c in controls {
+        let _ = c.send(Control::Shutdown);
+    }
+    for t in threads {
+        let _ = t.join();
+    }
 }
 
 /// Binds one SO_REUSEPORT listener per worker for each service. Port 0 is resolved once, by
@@ -111,7 +132,18 @@ pub fn run(mut config: Config) -> Result<(), ServerError> {
         .enable_all()
         .build()
         .map_err(ServerError::Signals)?;
+    // Handlers go in before any worker starts, so a signal sent as soon as `ready` is
+    // logged is never met by the default action.
+    let (mut term, mut int, mut usr1) = {
+        let _rt = signals.enter();
+        (
+            signal(SignalKind::terminate()).map_err(ServerError::Signals)?,
+            signal(SignalKind::interrupt()).map_err(ServerError::Signals)?,
+            signal(SignalKind::user_defined1()).map_err(ServerError::Signals)?,
+        )
+    };
     let (started_tx, started_rx) = std::sync::mpsc::channel();
+    let (exited_tx, mut exited_rx) = mpsc::unbounded_channel();
     let mut controls = Vec::with_capacity(listeners.len());
     let mut threads = Vec::with_capacity(listeners.len());
     for (id, worker_listeners) in listeners.into_iter().enumerate() {
@@ -123,25 +155,31 @@ pub fn run(mut config: Config) -> Result<(), ServerError> {
             listeners: worker_listeners,
         };
         let started = started_tx.clone();
+        let exited = ExitNotice(id, exited_tx.clone());
         let handle = thread::Builder::new()
             .name(format!("tlsfront-w{id}"))
-            .spawn(move || worker::run(spec, rx, started))
+            .spawn(move || {
+                let _exited = exited;
+                worker::run(spec, rx, started)
+            })
             .map_err(ServerError::Spawn)?;
         controls.push(tx);
         threads.push(handle);
     }
-    drop(started_tx);
+    drop((started_tx, exited_tx));
     let ready = started_rx.iter().take(threads.len()).count();
+    if ready < threads.len() {
+        stop_workers(&controls, threads);
+        return Err(ServerError::WorkerDied(ready));
+    }
     info!("ready workers={ready}");
 
-    signals.block_on(async {
-        let mut term = signal(SignalKind::terminate()).map_err(ServerError::Signals)?;
-        let mut int = signal(SignalKind::interrupt()).map_err(ServerError::Signals)?;
-        let mut usr1 = signal(SignalKind::user_defined1()).map_err(ServerError::Signals)?;
+    let died = signals.block_on(async {
         loop {
             tokio::select! {
-                _ = term.recv() => break,
-                _ = int.recv() => break,
+                _ = term.recv() => return None,
+                _ = int.recv() => return None,
+                Some(id) = exited_rx.recv() => return Some(id),
                 _ = usr1.recv() => {
                     for c in &controls {
                         let _ = c.send(Control::Stats);
@@ -149,14 +187,14 @@ pub fn run(mut config: Config) -> Result<(), ServerError> {
                 }
             }
         }
-        info!("shutting down: no new connections, draining open ones");
-        for c in &controls {
-            let _ = c.send(Control::Shutdown);
-        }
-        Ok::<(), ServerError>(())
-    })?;
-    for t in threads {
-        let _ = t.join();
+    });
+    match died {
+        None => info!("shutting down: no new connections, draining open ones"),
+        Some(id) => error!("worker {id} stopped unexpectedly: shutting down the others"),
+    }
+    stop_workers(&controls, threads);
+    if let Some(id) = died {
+        return Err(ServerError::WorkerDied(id));
     }
     info!("drained, exiting");
     Ok(())
