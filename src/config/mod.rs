@@ -94,6 +94,8 @@ pub struct Service {
     pub listen_origin: String,
     pub backend: Backend,
     pub tls: Arc<rustls::ServerConfig>,
+    /// The served chain and key; workers build their own config copies from it.
+    pub certified: Arc<rustls::sign::CertifiedKey>,
     /// SHA-256 of the leaf certificate, hex.
     pub cert_sha256: String,
     /// True when no cert/key was configured and a self-signed one was generated.
@@ -399,6 +401,7 @@ impl Builder<'_> {
             listen_origin,
             backend,
             tls: Arc::new(built.config),
+            certified: built.certified,
             cert_sha256: built.cert_sha256,
             ephemeral_cert: matches!(source, CertSource::Ephemeral),
             tunables,

@@ -84,7 +84,22 @@ fn fail<T>(field: PolicyField, message: impl Into<String>) -> Result<T, PolicyEr
 
 pub struct BuiltConfig {
     pub config: ServerConfig,
+    /// The certificate chain and key the config serves (for per-worker copies).
+    pub certified: Arc<CertifiedKey>,
     pub cert_sha256: String,
+}
+
+/// Session-cache entries each worker keeps for stateful resumption.
+pub const SESSION_CACHE_PER_WORKER: usize = 256;
+
+/// A worker's own copy of a service's config: its own `Arc`, session cache and certificate
+/// `Arc`, so that no reference count or cache lock is written by two workers per handshake.
+pub fn per_worker_config(shared: &ServerConfig, certified: &CertifiedKey) -> Arc<ServerConfig> {
+    let mut config = shared.clone();
+    config.session_storage =
+        rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE_PER_WORKER);
+    config.cert_resolver = Arc::new(SingleCert(Arc::new(certified.clone())));
+    Arc::new(config)
 }
 
 /// Group names accepted in `groups`, in the default preference order.
@@ -318,6 +333,7 @@ pub fn build_server_config(
             .map(|c| c.as_ref())
             .unwrap_or_default(),
     );
+    let certified = Arc::new(certified);
     let mut config = ServerConfig::builder_with_provider(Arc::new(provider))
         .with_protocol_versions(&versions)
         .or_else(|e| {
@@ -327,7 +343,7 @@ pub fn build_server_config(
             )
         })?
         .with_no_client_auth()
-        .with_cert_resolver(Arc::new(SingleCert(Arc::new(certified))));
+        .with_cert_resolver(Arc::new(SingleCert(certified.clone())));
     for proto in &policy.alpn {
         if proto.is_empty() || proto.len() > 255 {
             return fail(
@@ -339,6 +355,66 @@ pub fn build_server_config(
     config.alpn_protocols = policy.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
     Ok(BuiltConfig {
         config,
+        certified,
         cert_sha256,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> TlsPolicy {
+        TlsPolicy {
+            min_version: Version::Tls12,
+            max_version: Version::Tls13,
+            ciphers: None,
+            groups: None,
+            alpn: vec![],
+        }
+    }
+
+    #[test]
+    fn worker_copies_share_no_per_handshake_state() {
+        let built = build_server_config(&policy(), &CertSource::Ephemeral).unwrap();
+        let a = per_worker_config(&built.config, &built.certified);
+        let b = per_worker_config(&built.config, &built.certified);
+        assert!(!Arc::ptr_eq(&a, &b));
+        assert!(!Arc::ptr_eq(&a.session_storage, &b.session_storage));
+        assert!(!Arc::ptr_eq(
+            &a.session_storage,
+            &built.config.session_storage
+        ));
+        assert!(!Arc::ptr_eq(&a.cert_resolver, &b.cert_resolver));
+        // Same policy otherwise.
+        assert_eq!(a.alpn_protocols, built.config.alpn_protocols);
+        assert_eq!(
+            a.crypto_provider().cipher_suites.len(),
+            built.config.crypto_provider().cipher_suites.len()
+        );
+    }
+
+    #[test]
+    fn default_groups_put_the_hybrid_first() {
+        let built = build_server_config(&policy(), &CertSource::Ephemeral).unwrap();
+        let names: Vec<_> = built
+            .config
+            .crypto_provider()
+            .kx_groups
+            .iter()
+            .map(|g| g.name())
+            .collect();
+        assert_eq!(
+            names.first(),
+            Some(&rustls::NamedGroup::X25519MLKEM768),
+            "{names:?}"
+        );
+    }
+
+    #[test]
+    fn version_names() {
+        assert_eq!(Version::parse("1.2"), Some(Version::Tls12));
+        assert_eq!(Version::parse("TLSv1.3"), Some(Version::Tls13));
+        assert_eq!(Version::parse("1.1"), None);
+    }
 }

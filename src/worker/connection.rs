@@ -98,7 +98,7 @@ pub(super) async fn serve(ctx: Rc<WorkerCtx>, service: usize, client: TcpStream,
         debug!(%peer, error = %e, "could not set client socket options");
     }
     let tally = Tally::default();
-    let reason = run(&ctx, svc, &client, peer, &tally).await;
+    let reason = run(&ctx, service, &client, peer, &tally).await;
     // Ends any op still in flight on the client socket so its fd is released now.
     let _ = client.shutdown(Shutdown::Both);
 
@@ -119,12 +119,13 @@ pub(super) async fn serve(ctx: Rc<WorkerCtx>, service: usize, client: TcpStream,
 
 async fn run(
     ctx: &WorkerCtx,
-    svc: &Service,
+    service: usize,
     client: &TcpStream,
     peer: SocketAddr,
     tally: &Tally,
 ) -> CloseReason {
-    let mut tls = match ServerTls::new(svc.tls.clone()) {
+    let svc = &ctx.config.services[service];
+    let mut tls = match ServerTls::new(ctx.tls[service].clone()) {
         Ok(t) => t,
         Err(e) => {
             warn!(%peer, error = %e, "cannot create TLS session");

@@ -50,6 +50,8 @@ pub(crate) struct WorkerCtx {
     pub active: Vec<Cell<u32>>,
     /// Per-service share of `max_connections` for this worker.
     pub limits: Vec<u32>,
+    /// Per-service TLS config owned by this worker (see `tls::per_worker_config`).
+    pub tls: Vec<Arc<rustls::ServerConfig>>,
     /// Signalled whenever a connection ends.
     pub conn_closed: Notify,
     /// Signalled when drain time is up: open connections close at once.
@@ -92,6 +94,12 @@ async fn worker_main(
             .map(|s| s.tunables.max_connections.div_ceil(workers).max(1))
             .collect(),
         active: spec.config.services.iter().map(|_| Cell::new(0)).collect(),
+        tls: spec
+            .config
+            .services
+            .iter()
+            .map(|s| crate::tls::per_worker_config(&s.tls, &s.certified))
+            .collect(),
         config: spec.config,
         stats: WorkerStats::default(),
         conn_closed: Notify::new(),
