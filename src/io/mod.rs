@@ -7,5 +7,6 @@
 #![allow(unsafe_code)]
 
 pub mod connect;
+pub mod ktls;
 pub mod rusage;
 pub mod sockopt;
