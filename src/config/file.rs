@@ -57,6 +57,7 @@ pub struct ServiceSection {
     pub handshake_timeout: Option<DurationValue>,
     pub connect_timeout: Option<DurationValue>,
     pub idle_timeout: Option<DurationValue>,
+    pub ktls: Option<String>,
 }
 
 /// `keepalive = false` or `keepalive = { idle = "60s", interval = "10s", count = 5 }`.

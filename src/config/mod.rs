@@ -17,6 +17,7 @@ use std::time::Duration;
 use file::{FileConfig, KeepaliveValue, ServiceSection, Workers};
 use locate::{Locator, Section};
 
+use crate::io::ktls::{self, KernelSupport};
 use crate::tls::{self, CertSource, TlsPolicy};
 
 /// A configuration error: where it is (file + line, or a flag) and what is wrong.
@@ -67,6 +68,8 @@ pub struct Overrides {
 pub struct Config {
     pub global: Global,
     pub services: Vec<Service>,
+    /// What the kernel offers for TLS offload; probed only when a service may use it.
+    pub kernel_tls: Option<KernelSupport>,
 }
 
 #[derive(Debug, Clone)]
@@ -101,6 +104,28 @@ pub struct Service {
     /// True when no cert/key was configured and a self-signed one was generated.
     pub ephemeral_cert: bool,
     pub tunables: Tunables,
+    pub ktls: KtlsMode,
+}
+
+/// `ktls = "auto" | "on" | "off"`: whether records are handed to kernel TLS after the
+/// handshake. auto uses it where the kernel offers it; on refuses to start where it does
+/// not; off never uses it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KtlsMode {
+    #[default]
+    Auto,
+    On,
+    Off,
+}
+
+impl KtlsMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KtlsMode::Auto => "auto",
+            KtlsMode::On => "on",
+            KtlsMode::Off => "off",
+        }
+    }
 }
 
 /// Per-service socket and timing knobs. Defaults are in [`Tunables::default`] and the README.
@@ -253,7 +278,65 @@ impl Builder<'_> {
             }
             services.push(service);
         }
-        Ok(Config { global, services })
+        let kernel_tls = services
+            .iter()
+            .any(|s| s.ktls != KtlsMode::Off)
+            .then(ktls::probe);
+        if let Some(support) = &kernel_tls {
+            for (i, svc) in services.iter().enumerate() {
+                self.check_ktls_on(i, svc, support)?;
+            }
+        }
+        Ok(Config {
+            global,
+            services,
+            kernel_tls,
+        })
+    }
+
+    /// `ktls = "on"` promises offload for every connection: the kernel must have the TLS ULP
+    /// and every cipher suite the service allows.
+    fn check_ktls_on(
+        &self,
+        i: usize,
+        svc: &Service,
+        support: &KernelSupport,
+    ) -> Result<(), ConfigError> {
+        if svc.ktls != KtlsMode::On {
+            return Ok(());
+        }
+        if let Some(errno) = support.ulp_errno {
+            return Err(self.err(
+                Section::Service(i),
+                "ktls",
+                format!(
+                    "\"on\" but this kernel has no kernel TLS (setsockopt TCP_ULP \"tls\": {}); \
+                     use \"auto\" to fall back to userspace encryption",
+                    std::io::Error::from_raw_os_error(errno)
+                ),
+            ));
+        }
+        let missing: Vec<&str> = svc
+            .tls
+            .crypto_provider()
+            .cipher_suites
+            .iter()
+            .filter(|suite| {
+                !ktls::kernel_cipher(**suite).is_some_and(|(v, c)| support.supports(v, c))
+            })
+            .map(|suite| tls::suite_name(*suite))
+            .collect();
+        if !missing.is_empty() {
+            return Err(self.err(
+                Section::Service(i),
+                "ktls",
+                format!(
+                    "\"on\" but the kernel cannot offload {}; restrict `ciphers` or use \"auto\"",
+                    missing.join(", ")
+                ),
+            ));
+        }
+        Ok(())
     }
 
     fn global(&self, file_cfg: &FileConfig) -> Result<Global, ConfigError> {
@@ -346,6 +429,18 @@ impl Builder<'_> {
             }
         };
 
+        let ktls = match raw.ktls.as_deref() {
+            None | Some("auto") => KtlsMode::Auto,
+            Some("on") => KtlsMode::On,
+            Some("off") => KtlsMode::Off,
+            Some(other) => {
+                return Err(self.err(
+                    sec,
+                    "ktls",
+                    format!("must be \"auto\", \"on\" or \"off\", got {other:?}"),
+                ))
+            }
+        };
         let policy = self.tls_policy(sec, raw)?;
         let tunables = self.tunables(sec, raw)?;
 
@@ -405,6 +500,7 @@ impl Builder<'_> {
             cert_sha256: built.cert_sha256,
             ephemeral_cert: matches!(source, CertSource::Ephemeral),
             tunables,
+            ktls,
         })
     }
 

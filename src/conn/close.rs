@@ -20,6 +20,14 @@ pub enum CloseReason {
     IdleTimeout,
     /// Shutdown's drain_timeout elapsed with the connection still open.
     DrainTimeout,
+    /// The client sent a TLS alert other than close_notify (kTLS path).
+    TlsAlert,
+    /// The client updated its keys and this kernel cannot take new keys (Linux < 6.14).
+    KeyUpdateUnsupported,
+    /// Installing the extracted keys in the kernel failed after the hand-off.
+    KtlsInstallFailed,
+    /// The AEAD's record limit was reached and the kernel cannot rekey.
+    RecordLimit,
 }
 
 impl CloseReason {
@@ -37,6 +45,10 @@ impl CloseReason {
             CloseReason::BackendIoError => "backend_io_error",
             CloseReason::IdleTimeout => "idle_timeout",
             CloseReason::DrainTimeout => "drain_timeout",
+            CloseReason::TlsAlert => "tls_alert",
+            CloseReason::KeyUpdateUnsupported => "keyupdate_unsupported",
+            CloseReason::KtlsInstallFailed => "ktls_install_failed",
+            CloseReason::RecordLimit => "record_limit",
         }
     }
 

@@ -3,7 +3,9 @@
 //! - [`tls`]: drives a rustls unbuffered server connection over caller-owned buffers.
 //! - [`client_hello`]: a pure ClientHello peek (SNI, ALPN) that can say "need more bytes".
 //! - [`close`]: why a connection ended, as a stable label for logs and counters.
+//! - [`offload`]: kernel TLS or userspace for a connection, and why.
 
 pub mod client_hello;
 pub mod close;
+pub mod offload;
 pub mod tls;

@@ -29,6 +29,16 @@ const RECORD_OVERHEAD: usize = 64;
 /// Room kept in output buffers for alerts, tickets and key updates between data records.
 pub const CONTROL_SLACK: usize = 4096;
 
+/// How many more bytes `incoming` needs before its first record is whole (0 if it is, or if
+/// `incoming` is empty). While fewer than 5 bytes are there, only the header is asked for.
+pub fn record_remaining(incoming: &[u8]) -> usize {
+    match incoming.len() {
+        0 => 0,
+        n if n < 5 => 5 - n,
+        n => (5 + usize::from(u16::from_be_bytes([incoming[3], incoming[4]]))).saturating_sub(n),
+    }
+}
+
 /// Output buffer size needed to encrypt `plain_len` bytes of plaintext plus control records.
 pub fn out_capacity(plain_len: usize) -> usize {
     plain_len + plain_len.div_ceil(MAX_RECORD_PLAINTEXT).max(1) * RECORD_OVERHEAD + CONTROL_SLACK
@@ -134,6 +144,24 @@ impl ServerTls {
 
     pub fn is_handshaking(&self) -> bool {
         self.conn.is_handshaking()
+    }
+
+    pub fn negotiated_suite(&self) -> Option<rustls::SupportedCipherSuite> {
+        self.conn.negotiated_cipher_suite()
+    }
+
+    /// Hands the connection to the kernel: rustls keeps only what it needs for key updates.
+    /// Needs a finished handshake, nothing left to send and secret extraction enabled.
+    pub fn into_kernel(
+        self,
+    ) -> Result<
+        (
+            rustls::ExtractedSecrets,
+            rustls::kernel::KernelConnection<rustls::server::ServerConnectionData>,
+        ),
+        rustls::Error,
+    > {
+        self.conn.dangerous_into_kernel_connection()
     }
 
     pub fn info(&self) -> HandshakeInfo {
@@ -588,5 +616,14 @@ mod tests {
                 .encrypt(&mut p.incoming, b"reply", &mut p.out)
                 .unwrap();
         }
+    }
+
+    #[test]
+    fn remaining_bytes_of_the_first_record() {
+        assert_eq!(record_remaining(&[]), 0);
+        assert_eq!(record_remaining(&[23, 3]), 3);
+        assert_eq!(record_remaining(&[23, 3, 3, 0, 10]), 10);
+        assert_eq!(record_remaining(&[23, 3, 3, 0, 10, 1, 2, 3]), 7);
+        assert_eq!(record_remaining(&[23, 3, 3, 0, 2, 1, 2, 23]), 0);
     }
 }

@@ -87,6 +87,25 @@ impl KernelSupport {
     }
 }
 
+/// The kernel's name for a rustls cipher suite, if the kernel can run it at all.
+pub fn kernel_cipher(suite: rustls::SupportedCipherSuite) -> Option<(TlsVersion, Cipher)> {
+    use rustls::CipherSuite as S;
+    let version = TlsVersion::from_rustls(suite.version().version)?;
+    let cipher = match suite.suite() {
+        S::TLS13_AES_128_GCM_SHA256
+        | S::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+        | S::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 => Cipher::Aes128Gcm,
+        S::TLS13_AES_256_GCM_SHA384
+        | S::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384
+        | S::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384 => Cipher::Aes256Gcm,
+        S::TLS13_CHACHA20_POLY1305_SHA256
+        | S::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256
+        | S::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256 => Cipher::Chacha20Poly1305,
+        _ => return None,
+    };
+    Some((version, cipher))
+}
+
 /// A `tls12_crypto_info_*` struct for one direction, zeroed when dropped.
 pub enum CryptoInfo {
     Aes128Gcm(libc::tls12_crypto_info_aes_gcm_128),
@@ -455,6 +474,27 @@ mod tests {
         assert_eq!((s.info.version, s.info.cipher_type), (0x0303, 54));
         assert_eq!(s.iv, [3; 12]);
         assert_eq!(s.rec_seq, 1u64.to_be_bytes());
+    }
+
+    #[test]
+    fn every_provider_suite_maps_to_a_kernel_cipher() {
+        for suite in rustls::crypto::aws_lc_rs::ALL_CIPHER_SUITES {
+            let (version, cipher) = kernel_cipher(*suite).expect("mapped");
+            let name = crate::tls::suite_name(*suite);
+            assert_eq!(
+                version == TlsVersion::Tls13,
+                name.starts_with("TLS13_"),
+                "{name}"
+            );
+            let expect = if name.contains("AES_128") {
+                Cipher::Aes128Gcm
+            } else if name.contains("AES_256") {
+                Cipher::Aes256Gcm
+            } else {
+                Cipher::Chacha20Poly1305
+            };
+            assert_eq!(cipher, expect, "{name}");
+        }
     }
 
     #[test]

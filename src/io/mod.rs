@@ -8,5 +8,8 @@
 
 pub mod connect;
 pub mod ktls;
+pub mod pipe;
+pub mod poll;
 pub mod rusage;
 pub mod sockopt;
+pub mod splice;

@@ -14,6 +14,13 @@ pub fn with_sockref<R>(owner: &impl AsRawFd, f: impl FnOnce(SockRef<'_>) -> R) -
     f(SockRef::from(&fd))
 }
 
+/// A second descriptor for `owner`'s socket, for ops that must keep it open on their own.
+pub fn dup_fd(owner: &impl AsRawFd) -> std::io::Result<std::os::fd::OwnedFd> {
+    // SAFETY: as in `with_sockref`: `owner` keeps the fd open for the duration of the call.
+    let fd = unsafe { BorrowedFd::borrow_raw(owner.as_raw_fd()) };
+    fd.try_clone_to_owned()
+}
+
 /// Applies a service's per-connection socket tunables (both client and backend sides).
 pub fn apply_stream_tunables(sock: &SockRef<'_>, t: &Tunables) -> std::io::Result<()> {
     sock.set_nodelay(t.nodelay)?;

@@ -52,6 +52,22 @@ counters! {
     max_conn_pauses,
     /// accept() errors (e.g. out of file descriptors).
     accept_errors,
+    /// Connections whose records the kernel encrypts (kTLS + splice).
+    offload_ktls,
+    /// Connections kept in userspace because `ktls = "off"`.
+    offload_userspace_disabled,
+    /// ... because the kernel has no TLS ULP.
+    offload_userspace_kernel_lacks_tls_ulp,
+    /// ... because the kernel cannot run the negotiated cipher.
+    offload_userspace_cipher_unsupported,
+    /// ... because attaching the TLS ULP to the socket failed.
+    offload_userspace_install_failed,
+    /// Bytes moved client → backend by splice (the zero-copy path).
+    spliced_client_to_backend,
+    /// Bytes moved backend → client by splice.
+    spliced_backend_to_client,
+    /// Non-data records read from kTLS sockets (alerts, key updates).
+    ktls_control_records,
 }
 
 /// Adds `n` to a worker-local counter.

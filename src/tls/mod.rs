@@ -94,8 +94,16 @@ pub const SESSION_CACHE_PER_WORKER: usize = 256;
 
 /// A worker's own copy of a service's config: its own `Arc`, session cache and certificate
 /// `Arc`, so that no reference count or cache lock is written by two workers per handshake.
-pub fn per_worker_config(shared: &ServerConfig, certified: &CertifiedKey) -> Arc<ServerConfig> {
+///
+/// `extract_secrets` keeps the session keys extractable after the handshake, which the
+/// kernel TLS hand-off needs; it is off unless the connection may be offloaded.
+pub fn per_worker_config(
+    shared: &ServerConfig,
+    certified: &CertifiedKey,
+    extract_secrets: bool,
+) -> Arc<ServerConfig> {
     let mut config = shared.clone();
+    config.enable_secret_extraction = extract_secrets;
     config.session_storage =
         rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE_PER_WORKER);
     config.cert_resolver = Arc::new(SingleCert(Arc::new(certified.clone())));
@@ -377,8 +385,9 @@ mod tests {
     #[test]
     fn worker_copies_share_no_per_handshake_state() {
         let built = build_server_config(&policy(), &CertSource::Ephemeral).unwrap();
-        let a = per_worker_config(&built.config, &built.certified);
-        let b = per_worker_config(&built.config, &built.certified);
+        let a = per_worker_config(&built.config, &built.certified, false);
+        let b = per_worker_config(&built.config, &built.certified, true);
+        assert!(!a.enable_secret_extraction && b.enable_secret_extraction);
         assert!(!Arc::ptr_eq(&a, &b));
         assert!(!Arc::ptr_eq(&a.session_storage, &b.session_storage));
         assert!(!Arc::ptr_eq(

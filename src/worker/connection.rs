@@ -21,12 +21,14 @@ use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::TcpStream;
 use tracing::{debug, info, warn};
 
-use super::WorkerCtx;
+use super::{ktls_relay, WorkerCtx};
 use crate::config::{Backend, Service};
 use crate::conn::client_hello::{self, Peek};
 use crate::conn::close::CloseReason;
+use crate::conn::offload::{self, Offload, UserspaceReason};
 use crate::conn::tls::{out_capacity, OutBuf, ServerTls, TlsError, MAX_RECORD_WIRE};
 use crate::io::connect::{self, ConnectError};
+use crate::io::ktls;
 use crate::io::sockopt;
 use crate::obs;
 
@@ -47,18 +49,18 @@ impl Drop for Slot {
 }
 
 /// Per-connection buffers, sized once from the service's `buffer_size`.
-struct Buffers {
+pub(super) struct Buffers {
     /// Ciphertext from the client not yet processed (room for at least one whole record).
-    incoming: Vec<u8>,
+    pub(super) incoming: Vec<u8>,
     /// Where the next client read lands during the relay (see `Relay::upstream`).
     incoming_next: Vec<u8>,
     /// Plaintext client → backend: as large as `incoming`, since one `ServerTls::read`
     /// decrypts everything complete in it.
-    upstream: Vec<u8>,
+    pub(super) upstream: Vec<u8>,
     /// Plaintext backend → client.
     downstream: Vec<u8>,
     /// Ciphertext to the client, filled by rustls.
-    out: OutBuf,
+    pub(super) out: OutBuf,
     /// The client writer's second buffer, swapped with `out`'s storage while a write runs.
     out_spare: Vec<u8>,
 }
@@ -79,9 +81,9 @@ impl Buffers {
 
 /// Bytes and timing of one connection, for its closing log line.
 #[derive(Default)]
-struct Tally {
-    up: Cell<u64>,
-    down: Cell<u64>,
+pub(super) struct Tally {
+    pub(super) up: Cell<u64>,
+    pub(super) down: Cell<u64>,
 }
 
 pub(super) async fn serve(ctx: Rc<WorkerCtx>, service: usize, client: TcpStream, peer: SocketAddr) {
@@ -163,6 +165,28 @@ async fn run(
         resumed = info.resumed, "handshake done"
     );
 
+    let suite = tls
+        .negotiated_suite()
+        .expect("a finished handshake has a suite");
+    let mut offload = offload::decide(svc.ktls, ctx.config.kernel_tls.as_ref(), suite);
+    let mut peer_closed = peer_closed;
+    if let Offload::Kernel { .. } = offload {
+        // The kernel must start at a record boundary.
+        let finish = ktls_relay::finish_partial_record(client, &mut tls, &mut bufs);
+        match tokio::time::timeout(svc.tunables.handshake_timeout, finish).await {
+            Ok(Ok(closed)) => peer_closed |= closed,
+            Ok(Err(reason)) => return reason,
+            Err(_) => return CloseReason::HandshakeTimeout,
+        }
+        if !bufs.out.is_empty()
+            && flush(client, &mut bufs.out, &mut bufs.out_spare)
+                .await
+                .is_err()
+        {
+            return CloseReason::ClientIoError;
+        }
+    }
+
     let Backend::Addr(backend_addr) = svc.backend else {
         unreachable!("built-in backends are resolved to addresses before workers start");
     };
@@ -189,14 +213,53 @@ async fn run(
         }
     };
 
+    if let Offload::Kernel { .. } = offload {
+        if let Err(e) = ktls::attach_ulp(client) {
+            offload = Offload::Userspace(UserspaceReason::InstallFailed(
+                e.raw_os_error().unwrap_or(0),
+            ));
+        }
+    }
+    count_offload(ctx, offload);
+    match offload {
+        Offload::Kernel { .. } => {
+            info!(worker = ctx.id, service = %svc.name, %peer, offload = "ktls", "offload")
+        }
+        Offload::Userspace(why) => {
+            info!(worker = ctx.id, service = %svc.name, %peer, offload = "userspace", reason = %why, "offload")
+        }
+    }
+
     let established = Established {
         tls,
         bufs,
         peer_closed,
     };
-    let reason = relay(ctx, svc, client, &backend, established, tally).await;
+    let reason = match offload {
+        Offload::Kernel { version, .. } => {
+            ktls_relay::run(ctx, svc, client, &backend, established, version, tally).await
+        }
+        Offload::Userspace(_) => relay(ctx, svc, client, &backend, established, tally).await,
+    };
     let _ = backend.shutdown(Shutdown::Both);
     reason
+}
+
+fn count_offload(ctx: &WorkerCtx, offload: Offload) {
+    let s = &ctx.stats;
+    obs::inc(match offload {
+        Offload::Kernel { .. } => &s.offload_ktls,
+        Offload::Userspace(UserspaceReason::Disabled) => &s.offload_userspace_disabled,
+        Offload::Userspace(UserspaceReason::KernelLacksTlsUlp) => {
+            &s.offload_userspace_kernel_lacks_tls_ulp
+        }
+        Offload::Userspace(UserspaceReason::CipherUnsupported) => {
+            &s.offload_userspace_cipher_unsupported
+        }
+        Offload::Userspace(UserspaceReason::InstallFailed(_)) => {
+            &s.offload_userspace_install_failed
+        }
+    });
 }
 
 /// What the handshake phase learned.
@@ -298,11 +361,11 @@ struct Relay<'a> {
 }
 
 /// A connection whose handshake is done, ready to relay.
-struct Established {
-    tls: ServerTls,
-    bufs: Buffers,
+pub(super) struct Established {
+    pub(super) tls: ServerTls,
+    pub(super) bufs: Buffers,
     /// The client already sent close_notify.
-    peer_closed: bool,
+    pub(super) peer_closed: bool,
 }
 
 async fn relay(

@@ -3,6 +3,7 @@
 //! only the read-only [`Config`]; counters, connection counts and buffers are worker-local.
 
 mod connection;
+mod ktls_relay;
 
 use std::cell::Cell;
 use std::net::TcpListener as StdListener;
@@ -15,6 +16,8 @@ use tokio_uring::net::TcpListener;
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
+use crate::conn::offload;
+use crate::io::pipe::PipePool;
 use crate::obs::{self, WorkerStats};
 
 /// Orders the main thread sends to a worker.
@@ -52,11 +55,28 @@ pub(crate) struct WorkerCtx {
     pub limits: Vec<u32>,
     /// Per-service TLS config owned by this worker (see `tls::per_worker_config`).
     pub tls: Vec<Arc<rustls::ServerConfig>>,
+    /// Spare pipes for the kTLS splice relay.
+    pub pipes: PipePool,
     /// Signalled whenever a connection ends.
     pub conn_closed: Notify,
     /// Signalled when drain time is up: open connections close at once.
     pub force_close: Notify,
     pub draining: Cell<bool>,
+}
+
+/// Idle pipes a worker keeps for reuse (two per kTLS connection).
+const PIPES_KEPT_PER_WORKER: usize = 128;
+
+/// Pipe size for splicing: the largest service `buffer_size`, at least the kernel default
+/// (64 KiB) and at most the unprivileged maximum (1 MiB).
+fn pipe_size(config: &Config) -> usize {
+    let largest = config
+        .services
+        .iter()
+        .map(|s| s.tunables.buffer_size)
+        .max()
+        .unwrap_or(0);
+    largest.clamp(64 * 1024, 1024 * 1024)
 }
 
 impl WorkerCtx {
@@ -98,8 +118,12 @@ async fn worker_main(
             .config
             .services
             .iter()
-            .map(|s| crate::tls::per_worker_config(&s.tls, &s.certified))
+            .map(|s| {
+                let extract = offload::may_offload(s.ktls, spec.config.kernel_tls.as_ref());
+                crate::tls::per_worker_config(&s.tls, &s.certified, extract)
+            })
             .collect(),
+        pipes: PipePool::new(pipe_size(&spec.config), PIPES_KEPT_PER_WORKER),
         config: spec.config,
         stats: WorkerStats::default(),
         conn_closed: Notify::new(),
