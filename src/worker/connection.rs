@@ -223,10 +223,10 @@ async fn run(
     count_offload(ctx, offload);
     match offload {
         Offload::Kernel { .. } => {
-            info!(worker = ctx.id, service = %svc.name, %peer, offload = "ktls", "offload")
+            info!(worker = ctx.id, service = %svc.name, %peer, offload = %"ktls", "offload")
         }
         Offload::Userspace(why) => {
-            info!(worker = ctx.id, service = %svc.name, %peer, offload = "userspace", reason = %why, "offload")
+            info!(worker = ctx.id, service = %svc.name, %peer, offload = %"userspace", reason = %why, "offload")
         }
     }
 
