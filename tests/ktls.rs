@@ -165,16 +165,17 @@ fn ktls_every_version_and_aead_16mib_each_way() {
         );
         let stats = worker_stats(&proxy, 1);
         let line = stats.get("0").unwrap();
+        // Bytes that arrived with the client's last handshake flight are forwarded from
+        // userspace before the hand-off; everything after that is spliced.
+        let slack = 256 * KIB as u64;
         let up = num(line, "spliced_client_to_backend");
         assert!(
-            up >= spliced_before + data.len() as u64,
+            up + slack >= spliced_before + data.len() as u64,
             "{name}: splice path not used: {line}"
         );
-        assert!(
-            num(line, "spliced_backend_to_client") >= up - data.len() as u64,
-            "{line}"
-        );
         spliced_before = up;
+        let down = num(line, "spliced_backend_to_client");
+        assert!(down >= (i as u64 + 1) * data.len() as u64, "{name}: {line}");
     }
     let stats = worker_stats(&proxy, 1);
     assert_eq!(
@@ -329,15 +330,22 @@ fn ktls_no_fd_or_pipe_leak_after_2000_connections() {
         }
         last
     };
-    let idle = settled(&proxy);
+    // Pooled pipes are kept on purpose (bounded, 2 fds each): count everything else.
+    let pooled_fds =
+        |proxy: &Proxy| 2 * num(worker_stats(proxy, 1).get("0").unwrap(), "pipes_idle") as usize;
+    let idle = settled(&proxy) - pooled_fds(&proxy);
     for i in 0..2000 {
         session(i);
     }
     let deadline = Instant::now() + Duration::from_secs(15);
-    while proxy.fd_count() != idle && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
+    let mut now = settled(&proxy) - pooled_fds(&proxy);
+    while now != idle && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        now = settled(&proxy) - pooled_fds(&proxy);
     }
-    assert_eq!(proxy.fd_count(), idle, "fds: {:?}", proxy.fd_targets());
+    assert_eq!(now, idle, "fds: {:?}", proxy.fd_targets());
     let stats = worker_stats(&proxy, 1);
-    assert_eq!(num(stats.get("0").unwrap(), "offload_ktls"), 2005);
+    let line = stats.get("0").unwrap();
+    assert_eq!(num(line, "offload_ktls"), 2005, "{line}");
+    assert!(num(line, "pipes_idle") <= 128, "{line}");
 }

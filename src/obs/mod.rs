@@ -68,6 +68,8 @@ counters! {
     spliced_backend_to_client,
     /// Non-data records read from kTLS sockets (alerts, key updates).
     ktls_control_records,
+    /// Pipes kept for reuse by the splice relay right now (a gauge; 2 fds each).
+    pipes_idle,
 }
 
 /// Adds `n` to a worker-local counter.

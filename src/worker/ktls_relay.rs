@@ -135,6 +135,7 @@ pub(super) async fn run(
         }
     };
     let pipes = (ctx.pipes.take(), ctx.pipes.take());
+    ctx.stats.pipes_idle.set(ctx.pipes.idle_count() as u64);
     let (up_pipe, down_pipe) = match pipes {
         (Ok(a), Ok(b)) => (a, b),
         _ => return CloseReason::KtlsInstallFailed,
@@ -182,6 +183,7 @@ pub(super) async fn run(
     drop(relay);
     ctx.pipes.give_back(up_pipe);
     ctx.pipes.give_back(down_pipe);
+    ctx.stats.pipes_idle.set(ctx.pipes.idle_count() as u64);
     reason
 }
 
