@@ -236,8 +236,8 @@ async fn run(
         peer_closed,
     };
     let reason = match offload {
-        Offload::Kernel { version, .. } => {
-            ktls_relay::run(ctx, svc, client, &backend, established, version, tally).await
+        Offload::Kernel { .. } => {
+            ktls_relay::run(ctx, svc, client, &backend, established, tally).await
         }
         Offload::Userspace(_) => relay(ctx, svc, client, &backend, established, tally).await,
     };

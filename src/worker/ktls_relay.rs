@@ -22,7 +22,6 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use rustls::kernel::KernelConnection;
-use rustls::server::ServerConnectionData;
 use socket2::SockRef;
 use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::TcpStream;
@@ -88,7 +87,6 @@ pub(super) async fn run(
     client: &TcpStream,
     backend: &TcpStream,
     established: Established,
-    version: TlsVersion,
     tally: &Tally,
 ) -> CloseReason {
     let Established {
@@ -106,23 +104,59 @@ pub(super) async fn run(
         }
         tally.up.set(tally.up.get() + n);
     }
-    let limit = match tls.negotiated_suite() {
-        Some(rustls::SupportedCipherSuite::Tls13(s)) => s.common.confidentiality_limit,
-        Some(rustls::SupportedCipherSuite::Tls12(s)) => s.common.confidentiality_limit,
-        None => u64::MAX,
-    };
-    let kernel = match install(client, tls, version) {
-        Ok(k) => k,
+    drop(bufs); // userspace buffers are not needed any more
+    let installed = tls
+        .into_kernel()
+        .map_err(|e| e.to_string())
+        .and_then(|(secrets, kernel)| install_keys(client, &kernel, &secrets).map(|()| kernel));
+    match installed {
+        Ok(kernel) => splice_relay(ctx, svc, client, backend, kernel, peer_closed, tally).await,
         Err(e) => {
             debug!(error = %e, "kTLS key install failed");
-            return CloseReason::KtlsInstallFailed;
+            CloseReason::KtlsInstallFailed
         }
-    };
-    drop(bufs); // userspace buffers are not needed any more
+    }
+}
 
+/// Installs rustls's extracted session keys as the socket's TLS_TX and TLS_RX. The TLS ULP
+/// must already be attached. Works for either side of a connection.
+pub(super) fn install_keys<Data>(
+    sock: &impl std::os::fd::AsRawFd,
+    kernel: &KernelConnection<Data>,
+    secrets: &rustls::ExtractedSecrets,
+) -> Result<(), String> {
+    let version =
+        TlsVersion::from_rustls(kernel.protocol_version()).ok_or("unsupported TLS version")?;
+    let (tx_seq, tx) = &secrets.tx;
+    let (rx_seq, rx) = &secrets.rx;
+    let mut tx = CryptoInfo::from_rustls(version, *tx_seq, tx).ok_or("unsupported cipher")?;
+    let mut rx = CryptoInfo::from_rustls(version, *rx_seq, rx).ok_or("unsupported cipher")?;
+    ktls::set_crypto(sock, Direction::Tx, &mut tx).map_err(|e| format!("TLS_TX: {e}"))?;
+    ktls::set_crypto(sock, Direction::Rx, &mut rx).map_err(|e| format!("TLS_RX: {e}"))?;
+    Ok(())
+}
+
+/// Relays between a kTLS socket and a plain one with splice until both directions end.
+/// Generic over the rustls side so client mode can use it too.
+pub(super) async fn splice_relay<Data>(
+    ctx: &WorkerCtx,
+    svc: &Service,
+    tls_sock: &TcpStream,
+    plain_sock: &TcpStream,
+    kernel: KernelConnection<Data>,
+    peer_closed: bool,
+    tally: &Tally,
+) -> CloseReason {
+    let limit = match kernel.negotiated_cipher_suite() {
+        rustls::SupportedCipherSuite::Tls13(s) => s.common.confidentiality_limit,
+        rustls::SupportedCipherSuite::Tls12(s) => s.common.confidentiality_limit,
+    };
+    let Some(version) = TlsVersion::from_rustls(kernel.protocol_version()) else {
+        return CloseReason::KtlsInstallFailed;
+    };
     let fds = (|| -> io::Result<_> {
-        let c = sockopt::dup_fd(client)?;
-        let b = sockopt::dup_fd(backend)?;
+        let c = sockopt::dup_fd(tls_sock)?;
+        let b = sockopt::dup_fd(plain_sock)?;
         SockRef::from(&c).set_nonblocking(true)?;
         SockRef::from(&b).set_nonblocking(true)?;
         Ok((Rc::new(c), Rc::new(b)))
@@ -187,27 +221,12 @@ pub(super) async fn run(
     reason
 }
 
-/// Extracts the session keys from rustls and installs them for both directions.
-fn install(
-    client: &TcpStream,
-    tls: ServerTls,
-    version: TlsVersion,
-) -> Result<KernelConnection<ServerConnectionData>, String> {
-    let (secrets, kernel) = tls.into_kernel().map_err(|e| e.to_string())?;
-    let (tx_seq, tx) = &secrets.tx;
-    let (rx_seq, rx) = &secrets.rx;
-    let mut tx = CryptoInfo::from_rustls(version, *tx_seq, tx).ok_or("unsupported cipher")?;
-    let mut rx = CryptoInfo::from_rustls(version, *rx_seq, rx).ok_or("unsupported cipher")?;
-    ktls::set_crypto(client, Direction::Tx, &mut tx).map_err(|e| format!("TLS_TX: {e}"))?;
-    ktls::set_crypto(client, Direction::Rx, &mut rx).map_err(|e| format!("TLS_RX: {e}"))?;
-    Ok(kernel)
-}
-
-struct KtlsRelay<'a> {
+/// The two sockets of a kTLS connection: `client` is the kTLS one, `backend` the plain one.
+struct KtlsRelay<'a, Data> {
     ctx: &'a WorkerCtx,
     client: Rc<OwnedFd>,
     backend: Rc<OwnedFd>,
-    kernel: RefCell<KernelConnection<ServerConnectionData>>,
+    kernel: RefCell<KernelConnection<Data>>,
     version: TlsVersion,
     /// Highest record sequence number allowed in either direction before rekey or close.
     limit: u64,
@@ -227,7 +246,7 @@ fn errno(e: &io::Error) -> Option<i32> {
     e.raw_os_error()
 }
 
-impl KtlsRelay<'_> {
+impl<Data> KtlsRelay<'_, Data> {
     fn touch(&self) {
         self.last_activity.set(Instant::now());
     }
