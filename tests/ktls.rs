@@ -349,3 +349,44 @@ fn ktls_no_fd_or_pipe_leak_after_2000_connections() {
     assert_eq!(num(line, "offload_ktls"), 2005, "{line}");
     assert!(num(line, "pipes_idle") <= 128, "{line}");
 }
+
+/// The io::ktls primitives against the real kernel: records sent with TLS_TX are counted in
+/// the kernel's sequence number, and an alert sent with TLS_SET_RECORD_TYPE arrives at a
+/// TLS_RX peer as a control record (type 21) after the data, which a plain read refuses.
+#[test]
+fn ktls_primitives_against_the_kernel() {
+    if !have_ktls("ktls_primitives_against_the_kernel") {
+        return;
+    }
+    use ktls::{CryptoInfo, Direction, TlsVersion};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut a = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (mut b, _) = listener.accept().unwrap();
+    let key = || CryptoInfo::dummy(TlsVersion::Tls13, ktls::Cipher::Aes128Gcm);
+    ktls::attach_ulp(&a).unwrap();
+    ktls::set_crypto(&a, Direction::Tx, &mut key()).unwrap();
+    ktls::attach_ulp(&b).unwrap();
+    ktls::set_crypto(&b, Direction::Rx, &mut key()).unwrap();
+    assert_eq!(ktls::record_seq(&a, Direction::Tx).unwrap(), 0);
+
+    a.write_all(&[7u8; 40_000]).unwrap(); // 3 records: 16384 + 16384 + 7232
+    assert_eq!(ktls::record_seq(&a, Direction::Tx).unwrap(), 3);
+    ktls::send_close_notify(&a).unwrap();
+    assert_eq!(ktls::record_seq(&a, Direction::Tx).unwrap(), 4);
+
+    let mut data = vec![0u8; 40_000];
+    b.read_exact(&mut data).unwrap();
+    assert!(data.iter().all(|&x| x == 7));
+    // Next is the alert: a plain read fails (EIO) and leaves it queued...
+    b.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let err = b.read(&mut [0u8; 16]).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    // ...and recvmsg with a control buffer returns it with its record type.
+    let mut buf = [0u8; 64];
+    let record = ktls::recv_record(&b, &mut buf)
+        .unwrap()
+        .expect("alert queued");
+    assert_eq!(record.content_type, ktls::RECORD_ALERT);
+    assert_eq!(&buf[..record.len], &[1, 0]);
+    assert_eq!(ktls::record_seq(&b, Direction::Rx).unwrap(), 4);
+}

@@ -170,8 +170,8 @@ impl CryptoInfo {
         })
     }
 
-    /// A struct with all-zero key material, for probing what the kernel accepts.
-    fn dummy(version: TlsVersion, cipher: Cipher) -> CryptoInfo {
+    /// A struct with all-zero key material, for probing what the kernel accepts (and tests).
+    pub fn dummy(version: TlsVersion, cipher: Cipher) -> CryptoInfo {
         let info = |cipher_type| libc::tls_crypto_info {
             version: version.uapi(),
             cipher_type,
@@ -289,10 +289,9 @@ pub fn install(sock: &impl AsRawFd, tx: &mut CryptoInfo, rx: &mut CryptoInfo) ->
     set_crypto(sock, Direction::Rx, rx)
 }
 
-/// The next record sequence number the kernel will use in `direction`.
-pub fn record_seq(sock: &impl AsRawFd, direction: Direction) -> io::Result<u64> {
-    // Large enough for every crypto_info struct; rec_seq is always its last 8 bytes.
-    let mut buf = [0u8; 64];
+/// `getsockopt(SOL_TLS, TLS_TX/TLS_RX)` into `buf`, which must be exactly as long as the
+/// kernel expects (the header alone, or the whole struct for the installed cipher).
+fn get_crypto(sock: &impl AsRawFd, direction: Direction, buf: &mut [u8]) -> io::Result<()> {
     let mut len = buf.len() as libc::socklen_t;
     // SAFETY: the kernel writes at most `len` bytes into `buf` and updates `len`.
     cvt(unsafe {
@@ -304,14 +303,40 @@ pub fn record_seq(sock: &impl AsRawFd, direction: Direction) -> io::Result<u64> 
             &mut len,
         )
     })?;
-    let len = len as usize;
-    if !(size_of::<libc::tls_crypto_info>() + 8..=buf.len()).contains(&len) {
+    if len as usize != buf.len() {
         return Err(io::Error::other("unexpected crypto_info size"));
     }
-    let mut seq = [0u8; 8];
-    seq.copy_from_slice(&buf[len - 8..len]);
-    buf.zeroize();
-    Ok(u64::from_be_bytes(seq))
+    Ok(())
+}
+
+/// The next record sequence number the kernel will use in `direction`.
+pub fn record_seq(sock: &impl AsRawFd, direction: Direction) -> io::Result<u64> {
+    // The kernel wants the exact struct size for the installed cipher: ask for the header
+    // first (version, cipher_type), then for the whole struct. rec_seq is its last 8 bytes.
+    let mut header = [0u8; size_of::<libc::tls_crypto_info>()];
+    get_crypto(sock, direction, &mut header)?;
+    let cipher_type = u16::from_ne_bytes([header[2], header[3]]);
+    let size = match cipher_type {
+        libc::TLS_CIPHER_AES_GCM_128 => size_of::<libc::tls12_crypto_info_aes_gcm_128>(),
+        libc::TLS_CIPHER_AES_GCM_256 => size_of::<libc::tls12_crypto_info_aes_gcm_256>(),
+        libc::TLS_CIPHER_CHACHA20_POLY1305 => {
+            size_of::<libc::tls12_crypto_info_chacha20_poly1305>()
+        }
+        other => {
+            return Err(io::Error::other(format!(
+                "unknown kTLS cipher type {other}"
+            )))
+        }
+    };
+    let mut buf = [0u8; 64];
+    let info = &mut buf[..size];
+    let result = get_crypto(sock, direction, info).map(|()| {
+        let mut seq = [0u8; 8];
+        seq.copy_from_slice(&info[size - 8..]);
+        u64::from_be_bytes(seq)
+    });
+    buf.zeroize(); // the kernel returned the key too
+    result
 }
 
 /// A record read with [`recv_record`].

@@ -443,7 +443,12 @@ impl<Data> KtlsRelay<'_, Data> {
     fn check_limit(&self, direction: Direction) -> Result<(), CloseReason> {
         match ktls::record_seq(&*self.client, direction) {
             Ok(seq) if seq >= self.limit => Err(CloseReason::RecordLimit),
-            _ => Ok(()),
+            Ok(_) => Ok(()),
+            Err(e) => {
+                // Without the sequence number the limit cannot be kept: do not go on blind.
+                debug!(error = %e, "cannot read the kTLS record sequence number");
+                Err(CloseReason::RecordLimit)
+            }
         }
     }
 }
