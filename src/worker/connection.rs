@@ -14,7 +14,7 @@
 use std::cell::{Cell, RefCell};
 use std::net::{Shutdown, SocketAddr};
 use std::rc::Rc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 use tokio_uring::buf::BoundedBuf;
@@ -407,28 +407,37 @@ async fn relay(
     if !relay.shared.borrow().out.is_empty() {
         relay.wake_writer.notify_one();
     }
-    let idle = svc.tunables.idle_timeout;
+    let flows = async {
+        match tokio::try_join!(
+            relay.upstream(incoming_next, upstream, peer_closed),
+            relay.downstream(downstream),
+            relay.client_writer(out_spare),
+        ) {
+            Ok((up_end, (), ())) => up_end,
+            Err(reason) => reason,
+        }
+    };
+    supervise(ctx, svc.tunables.idle_timeout, &relay.last_activity, flows).await
+}
+
+/// Runs a relay's flows until they end, nothing is read for `idle`, or the worker's drain
+/// time is up, whichever comes first.
+pub(super) async fn supervise(
+    ctx: &WorkerCtx,
+    idle: Duration,
+    last_activity: &Cell<Instant>,
+    flows: impl std::future::Future<Output = CloseReason>,
+) -> CloseReason {
     let watchdog = async {
         loop {
-            let deadline = relay.last_activity.get() + idle;
-            tokio::time::sleep_until(deadline.into()).await;
-            if relay.last_activity.get() + idle <= Instant::now() {
+            tokio::time::sleep_until((last_activity.get() + idle).into()).await;
+            if last_activity.get() + idle <= Instant::now() {
                 return CloseReason::IdleTimeout;
             }
         }
     };
-    let flows = async {
-        tokio::try_join!(
-            relay.upstream(incoming_next, upstream, peer_closed),
-            relay.downstream(downstream),
-            relay.client_writer(out_spare),
-        )
-    };
     tokio::select! {
-        r = flows => match r {
-            Ok((up_end, (), ())) => up_end,
-            Err(reason) => reason,
-        },
+        reason = flows => reason,
         reason = watchdog => {
             obs::inc(&ctx.stats.idle_timeouts);
             reason

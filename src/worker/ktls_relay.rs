@@ -27,7 +27,7 @@ use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::TcpStream;
 use tracing::debug;
 
-use super::connection::{Buffers, Established, Tally};
+use super::connection::{supervise, Buffers, Established, Tally};
 use super::WorkerCtx;
 use crate::config::Service;
 use crate::conn::close::CloseReason;
@@ -185,32 +185,16 @@ pub(super) async fn splice_relay<Data>(
         last_activity: Cell::new(Instant::now()),
         tally,
     };
-    let idle = svc.tunables.idle_timeout;
-    let watchdog = async {
-        loop {
-            tokio::time::sleep_until((relay.last_activity.get() + idle).into()).await;
-            if relay.last_activity.get() + idle <= Instant::now() {
-                return CloseReason::IdleTimeout;
-            }
-        }
-    };
     let flows = async {
-        tokio::try_join!(
+        match tokio::try_join!(
             relay.client_to_backend(&up_pipe, peer_closed),
             relay.backend_to_client(&down_pipe),
-        )
-    };
-    let reason = tokio::select! {
-        r = flows => match r {
+        ) {
             Ok((up_end, ())) => up_end,
             Err(reason) => reason,
-        },
-        reason = watchdog => {
-            obs::inc(&ctx.stats.idle_timeouts);
-            reason
         }
-        _ = ctx.force_close.notified() => CloseReason::DrainTimeout,
     };
+    let reason = supervise(ctx, svc.tunables.idle_timeout, &relay.last_activity, flows).await;
     // Ends ops still in flight (they hold their own fds) before the pipes are judged.
     let _ = SockRef::from(&*relay.client).shutdown(Shutdown::Both);
     let _ = SockRef::from(&*relay.backend).shutdown(Shutdown::Both);
