@@ -48,11 +48,55 @@ enum Command {
         #[arg(long, short = 'c')]
         config: PathBuf,
     },
+    /// Session ticket key files for `ticket_keys_file`.
+    TicketKeys {
+        #[command(subcommand)]
+        command: TicketKeysCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TicketKeysCommand {
+    /// Write a new keys file (mode 0600): random keys, newest first.
+    Generate {
+        /// File to create; refuses to overwrite an existing one.
+        #[arg(long)]
+        out: PathBuf,
+        /// Number of keys (the first encrypts, the first two decrypt).
+        #[arg(long, default_value_t = 2)]
+        count: usize,
+    },
+}
+
+fn generate_ticket_keys(out: &std::path::Path, count: usize) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let text = tlsfront::tls::tickets::generate_keys_file(count)?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(out)
+        .map_err(|e| format!("cannot create {}: {e}", out.display()))?;
+    file.write_all(text.as_bytes())
+        .map_err(|e| format!("cannot write {}: {e}", out.display()))
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::TicketKeys {
+            command: TicketKeysCommand::Generate { out, count },
+        } => match generate_ticket_keys(&out, count) {
+            Ok(()) => {
+                println!("wrote {count} ticket key(s) to {}", out.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Check { config: path } => match config::load(Some(&path), &Overrides::default()) {
             Ok(cfg) => {
                 println!("config OK: {} service(s)", cfg.services.len());

@@ -58,6 +58,12 @@ pub struct ServiceSection {
     pub connect_timeout: Option<DurationValue>,
     pub idle_timeout: Option<DurationValue>,
     pub ktls: Option<String>,
+    pub tickets: Option<bool>,
+    pub ticket_lifetime: Option<DurationValue>,
+    pub ticket_rotation: Option<DurationValue>,
+    pub ticket_keys_file: Option<String>,
+    pub ticket_secret_file: Option<String>,
+    pub session_cache_size: Option<usize>,
 }
 
 /// `keepalive = false` or `keepalive = { idle = "60s", interval = "10s", count = 5 }`.

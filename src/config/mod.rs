@@ -105,6 +105,8 @@ pub struct Service {
     pub ephemeral_cert: bool,
     pub tunables: Tunables,
     pub ktls: KtlsMode,
+    /// Session-cache entries per worker (TLS 1.2 session IDs; TLS 1.3 when tickets are off).
+    pub session_cache_size: usize,
 }
 
 /// `ktls = "auto" | "on" | "off"`: whether records are handed to kernel TLS after the
@@ -182,6 +184,10 @@ pub const MIN_BUFFER: usize = 1024;
 pub const MAX_BUFFER: usize = 16 << 20;
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
 pub const DEFAULT_DRAIN: Duration = Duration::from_secs(30);
+pub const DEFAULT_SESSION_CACHE: usize = 1024;
+pub const DEFAULT_TICKET_LIFETIME: Duration = Duration::from_secs(6 * 3600);
+pub const DEFAULT_TICKET_ROTATION: Duration = Duration::from_secs(12 * 3600);
+pub const MAX_TICKET_LIFETIME: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Loads and validates: the file (if any), then the flags on top.
 pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
@@ -442,6 +448,8 @@ impl Builder<'_> {
             }
         };
         let policy = self.tls_policy(sec, raw)?;
+        let ticketer = self.ticketer(sec, raw)?;
+        let session_cache_size = raw.session_cache_size.unwrap_or(DEFAULT_SESSION_CACHE);
         let tunables = self.tunables(sec, raw)?;
 
         let cert_flag = first.then_some(ov.cert.as_ref()).flatten();
@@ -478,7 +486,7 @@ impl Builder<'_> {
                 ))
             }
         };
-        let built = tls::build_server_config(&policy, &source).map_err(|e| {
+        let mut built = tls::build_server_config(&policy, &source).map_err(|e| {
             let field = match e.field {
                 tls::PolicyField::Cert => cert.map_or("cert", |c| c.1),
                 tls::PolicyField::Key => key.map_or("key", |k| k.1),
@@ -490,6 +498,9 @@ impl Builder<'_> {
             located(field, e.message)
         })?;
 
+        if let Some(t) = ticketer {
+            built.config.ticketer = t;
+        }
         Ok(Service {
             name,
             listen,
@@ -501,6 +512,7 @@ impl Builder<'_> {
             ephemeral_cert: matches!(source, CertSource::Ephemeral),
             tunables,
             ktls,
+            session_cache_size,
         })
     }
 
@@ -511,6 +523,66 @@ impl Builder<'_> {
             Some(dir) if p.is_relative() && !dir.as_os_str().is_empty() => dir.join(p),
             _ => p.to_owned(),
         }
+    }
+
+    /// The service's ticketer; `None` when `tickets = false` (stateful resumption only).
+    fn ticketer(
+        &self,
+        sec: Section,
+        raw: &ServiceSection,
+    ) -> Result<Option<Arc<dyn rustls::server::ProducesTickets>>, ConfigError> {
+        use crate::tls::tickets::{self, KeySource, Ticketer};
+        if raw.tickets == Some(false) {
+            for key in ["ticket_keys_file", "ticket_secret_file"] {
+                let set = match key {
+                    "ticket_keys_file" => raw.ticket_keys_file.is_some(),
+                    _ => raw.ticket_secret_file.is_some(),
+                };
+                if set {
+                    return Err(self.err(sec, key, "set, but tickets = false"));
+                }
+            }
+            return Ok(None);
+        }
+        let lifetime = raw.ticket_lifetime.map_or(DEFAULT_TICKET_LIFETIME, |d| d.0);
+        if lifetime.is_zero() || lifetime > MAX_TICKET_LIFETIME {
+            return Err(self.err(
+                sec,
+                "ticket_lifetime",
+                "must be between 1s and 7 days (RFC 8446)",
+            ));
+        }
+        let rotation = raw.ticket_rotation.map_or(DEFAULT_TICKET_ROTATION, |d| d.0);
+        if rotation < Duration::from_secs(60) {
+            return Err(self.err(sec, "ticket_rotation", "must be at least 1m"));
+        }
+        let source = match (&raw.ticket_keys_file, &raw.ticket_secret_file) {
+            (Some(_), Some(_)) => {
+                return Err(self.err(
+                    sec,
+                    "ticket_secret_file",
+                    "use either ticket_keys_file or ticket_secret_file",
+                ))
+            }
+            (Some(file), None) => KeySource::Fixed(
+                tickets::parse_keys_file(&self.relative(file))
+                    .map_err(|e| self.err(sec, "ticket_keys_file", e))?,
+            ),
+            (None, Some(file)) => KeySource::Derived {
+                secret: tickets::read_secret_file(&self.relative(file))
+                    .map_err(|e| self.err(sec, "ticket_secret_file", e))?,
+                rotation,
+            },
+            (None, None) => KeySource::Random { rotation },
+        };
+        let ticketer = Ticketer::new(source, lifetime).ok_or_else(|| {
+            self.err(
+                sec,
+                "tickets",
+                "cannot create ticket keys (random number generator)",
+            )
+        })?;
+        Ok(Some(Arc::new(ticketer)))
     }
 
     fn tls_policy(&self, sec: Section, raw: &ServiceSection) -> Result<TlsPolicy, ConfigError> {

@@ -32,6 +32,12 @@ counters! {
     active,
     /// TLS handshakes completed.
     handshakes,
+    /// Of `handshakes`, those that resumed a session (ticket or session ID).
+    handshakes_resumed,
+    /// Tickets presented whose key name this process does not hold (full handshake instead).
+    ticket_decrypt_unknown_key,
+    /// Tickets that failed authentication or were malformed (full handshake instead).
+    ticket_decrypt_corrupt,
     /// Handshakes that ended in a TLS error or an early close.
     handshake_failures,
     /// Handshakes cut off by `handshake_timeout`.
@@ -85,7 +91,21 @@ pub fn dec(counter: &Cell<u64>) {
     counter.set(counter.get().saturating_sub(1));
 }
 
+/// Per-service handshake counters of one worker.
+#[derive(Debug, Default)]
+pub struct ServiceStats {
+    pub handshakes_full: Cell<u64>,
+    pub handshakes_resumed: Cell<u64>,
+}
+
 impl WorkerStats {
+    /// Copies counters kept elsewhere on this thread (the ticketer's) into the struct.
+    pub fn sync_thread_counters(&self) {
+        let (unknown, corrupt) = crate::tls::tickets::thread_decrypt_failures();
+        self.ticket_decrypt_unknown_key.set(unknown);
+        self.ticket_decrypt_corrupt.set(corrupt);
+    }
+
     /// `accepted=3 active=0 ...` for the stats log line.
     pub fn render(&self) -> String {
         let mut s = String::with_capacity(256);

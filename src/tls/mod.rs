@@ -4,6 +4,7 @@
 //! the config layer can point at the right line.
 
 pub mod danger;
+pub mod tickets;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -89,23 +90,27 @@ pub struct BuiltConfig {
     pub cert_sha256: String,
 }
 
-/// Session-cache entries each worker keeps for stateful resumption.
-pub const SESSION_CACHE_PER_WORKER: usize = 256;
-
 /// A worker's own copy of a service's config: its own `Arc`, session cache and certificate
 /// `Arc`, so that no reference count or cache lock is written by two workers per handshake.
 ///
 /// `extract_secrets` keeps the session keys extractable after the handshake, which the
 /// kernel TLS hand-off needs; it is off unless the connection may be offloaded.
+///
+/// The ticketer (stateless tickets) stays shared: a ticket from one worker resumes on any.
+/// A `session_cache_size` of 0 turns the stateful cache off.
 pub fn per_worker_config(
     shared: &ServerConfig,
     certified: &CertifiedKey,
+    session_cache_size: usize,
     extract_secrets: bool,
 ) -> Arc<ServerConfig> {
     let mut config = shared.clone();
     config.enable_secret_extraction = extract_secrets;
-    config.session_storage =
-        rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE_PER_WORKER);
+    config.session_storage = if session_cache_size == 0 {
+        Arc::new(rustls::server::NoServerSessionStorage {})
+    } else {
+        rustls::server::ServerSessionMemoryCache::new(session_cache_size)
+    };
     config.cert_resolver = Arc::new(SingleCert(Arc::new(certified.clone())));
     Arc::new(config)
 }
@@ -385,8 +390,8 @@ mod tests {
     #[test]
     fn worker_copies_share_no_per_handshake_state() {
         let built = build_server_config(&policy(), &CertSource::Ephemeral).unwrap();
-        let a = per_worker_config(&built.config, &built.certified, false);
-        let b = per_worker_config(&built.config, &built.certified, true);
+        let a = per_worker_config(&built.config, &built.certified, 16, false);
+        let b = per_worker_config(&built.config, &built.certified, 16, true);
         assert!(!a.enable_secret_extraction && b.enable_secret_extraction);
         assert!(!Arc::ptr_eq(&a, &b));
         assert!(!Arc::ptr_eq(&a.session_storage, &b.session_storage));

@@ -159,6 +159,13 @@ async fn run(
     };
     obs::inc(&ctx.stats.handshakes);
     let info = tls.info();
+    let svc_stats = &ctx.service_stats[service];
+    if info.resumed {
+        obs::inc(&ctx.stats.handshakes_resumed);
+        obs::inc(&svc_stats.handshakes_resumed);
+    } else {
+        obs::inc(&svc_stats.handshakes_full);
+    }
     debug!(
         worker = ctx.id, service = %svc.name, %peer, version = info.version, suite = info.suite,
         sni = sni.as_deref().unwrap_or("-"), alpn = info.alpn.as_deref().unwrap_or("-"),

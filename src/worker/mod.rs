@@ -18,7 +18,7 @@ use tracing::{debug, info, warn};
 use crate::config::Config;
 use crate::conn::offload;
 use crate::io::pipe::PipePool;
-use crate::obs::{self, WorkerStats};
+use crate::obs::{self, ServiceStats, WorkerStats};
 
 /// Orders the main thread sends to a worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +57,8 @@ pub(crate) struct WorkerCtx {
     pub tls: Vec<Arc<rustls::ServerConfig>>,
     /// Spare pipes for the kTLS splice relay.
     pub pipes: PipePool,
+    /// Per-service handshake counters.
+    pub service_stats: Vec<ServiceStats>,
     /// Signalled whenever a connection ends.
     pub conn_closed: Notify,
     /// Signalled when drain time is up: open connections close at once.
@@ -120,10 +122,16 @@ async fn worker_main(
             .iter()
             .map(|s| {
                 let extract = offload::may_offload(s.ktls, spec.config.kernel_tls.as_ref());
-                crate::tls::per_worker_config(&s.tls, &s.certified, extract)
+                crate::tls::per_worker_config(&s.tls, &s.certified, s.session_cache_size, extract)
             })
             .collect(),
         pipes: PipePool::new(pipe_size(&spec.config), PIPES_KEPT_PER_WORKER),
+        service_stats: spec
+            .config
+            .services
+            .iter()
+            .map(|_| ServiceStats::default())
+            .collect(),
         config: spec.config,
         stats: WorkerStats::default(),
         conn_closed: Notify::new(),
@@ -192,7 +200,17 @@ async fn wait_idle(ctx: &WorkerCtx) {
 }
 
 fn log_stats(ctx: &WorkerCtx) {
+    ctx.stats.sync_thread_counters();
     info!("worker stats worker={} {}", ctx.id, ctx.stats.render());
+    for (svc, st) in ctx.config.services.iter().zip(&ctx.service_stats) {
+        info!(
+            "service stats worker={} service={} handshakes_full={} handshakes_resumed={}",
+            ctx.id,
+            svc.name,
+            st.handshakes_full.get(),
+            st.handshakes_resumed.get()
+        );
+    }
 }
 
 async fn accept_loop(ctx: Rc<WorkerCtx>, service: usize, listener: TcpListener) {
