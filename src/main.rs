@@ -131,7 +131,8 @@ fn main() -> ExitCode {
                 }
             };
             tlsfront::obs::init_logging(log_level.as_deref().or(cfg.global.log_level.as_deref()));
-            match tlsfront::server::run(cfg) {
+            let source = tlsfront::server::ReloadSource { path, overrides };
+            match tlsfront::server::run(cfg, source) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e}");

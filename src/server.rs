@@ -3,8 +3,11 @@
 //!
 //! SIGTERM / SIGINT: stop accepting, drain up to `drain_timeout`, exit 0.
 //! SIGUSR1: every worker logs its counters.
+//! SIGHUP: re-read and validate the configuration, certificates and ticket keys; new
+//! connections use it, open ones keep theirs; a failed reload changes nothing.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread;
 
@@ -13,8 +16,8 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
-use crate::config::{Backend, Config};
-use crate::worker::{self, Control, WorkerListener, WorkerSpec};
+use crate::config::{self, Backend, Config, Overrides, Service};
+use crate::worker::{self, Control, ListenerChange, Reload, WorkerListener, WorkerSpec};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -53,59 +56,94 @@ fn stop_workers(controls: &[mpsc::UnboundedSender<Control>], threads: Vec<thread
     }
 }
 
-/// Binds one SO_REUSEPORT listener per worker for each service. Port 0 is resolved once, by
-/// the first bind, and the other workers join that port.
-/// The listeners per worker, and each service's bound address.
-type Bound = (Vec<Vec<WorkerListener>>, Vec<SocketAddr>);
-
-fn bind_all(config: &Config) -> Result<Bound, ServerError> {
-    let workers = config.global.workers;
-    let mut per_worker: Vec<Vec<WorkerListener>> = (0..workers).map(|_| Vec::new()).collect();
-    let mut bound = Vec::with_capacity(config.services.len());
-    for (index, svc) in config.services.iter().enumerate() {
-        let mut addr = svc.listen;
-        for listeners in per_worker.iter_mut() {
-            let at = addr;
-            let bind_err = |source| ServerError::Bind {
-                origin: svc.listen_origin.clone(),
-                addr: at,
-                source,
-            };
-            let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
-                .map_err(bind_err)?;
-            socket.set_reuse_address(true).map_err(bind_err)?;
-            socket.set_reuse_port(true).map_err(bind_err)?;
-            crate::io::sockopt::apply_buffer_sizes(&socket2::SockRef::from(&socket), &svc.tunables)
-                .map_err(bind_err)?;
-            socket.bind(&addr.into()).map_err(bind_err)?;
-            socket
-                .listen(svc.tunables.backlog.min(i32::MAX as u32) as i32)
-                .map_err(bind_err)?;
-            if addr.port() == 0 {
-                addr = socket
-                    .local_addr()
-                    .ok()
-                    .and_then(|a| a.as_socket())
-                    .ok_or_else(|| bind_err(std::io::Error::other("no local address")))?;
-            }
-            let shutdown_handle = socket.try_clone().map_err(bind_err)?;
-            listeners.push(WorkerListener {
-                service: index,
-                socket: socket.into(),
-                shutdown_handle,
-            });
+/// Binds one SO_REUSEPORT listener per worker for a service. Port 0 is resolved once, by
+/// the first bind, and the other workers join that port. Returns them and the bound address.
+fn bind_service(
+    svc: &Service,
+    index: usize,
+    workers: usize,
+) -> Result<(Vec<WorkerListener>, SocketAddr), ServerError> {
+    let mut addr = svc.listen;
+    let mut listeners = Vec::with_capacity(workers);
+    for _ in 0..workers {
+        let at = addr;
+        let bind_err = |source| ServerError::Bind {
+            origin: svc.listen_origin.clone(),
+            addr: at,
+            source,
+        };
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+            .map_err(bind_err)?;
+        socket.set_reuse_address(true).map_err(bind_err)?;
+        socket.set_reuse_port(true).map_err(bind_err)?;
+        crate::io::sockopt::apply_buffer_sizes(&socket2::SockRef::from(&socket), &svc.tunables)
+            .map_err(bind_err)?;
+        socket.bind(&addr.into()).map_err(bind_err)?;
+        socket
+            .listen(svc.tunables.backlog.min(i32::MAX as u32) as i32)
+            .map_err(bind_err)?;
+        if addr.port() == 0 {
+            addr = socket
+                .local_addr()
+                .ok()
+                .and_then(|a| a.as_socket())
+                .ok_or_else(|| bind_err(std::io::Error::other("no local address")))?;
         }
-        bound.push(addr);
+        let shutdown_handle = socket.try_clone().map_err(bind_err)?;
+        listeners.push(WorkerListener {
+            service: index,
+            addr,
+            socket: socket.into(),
+            shutdown_handle,
+        });
     }
-    Ok((per_worker, bound))
+    Ok((listeners, addr))
 }
 
-/// Runs the proxy until a shutdown signal has been handled and every worker has drained.
-pub fn run(mut config: Config) -> Result<(), ServerError> {
+/// A service's address as configured and as bound (they differ for port 0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Binding {
+    configured: SocketAddr,
+    bound: SocketAddr,
+}
+
+/// Everything binds or nothing does: on error the sockets bound so far are dropped.
+fn bind_all(config: &Config) -> Result<(Vec<Vec<WorkerListener>>, Vec<Binding>), ServerError> {
+    let workers = config.global.workers;
+    let mut per_worker: Vec<Vec<WorkerListener>> = (0..workers).map(|_| Vec::new()).collect();
+    let mut bindings = Vec::with_capacity(config.services.len());
+    for (index, svc) in config.services.iter().enumerate() {
+        let (listeners, bound) = bind_service(svc, index, workers)?;
+        for (w, l) in listeners.into_iter().enumerate() {
+            per_worker[w].push(l);
+        }
+        bindings.push(Binding {
+            configured: svc.listen,
+            bound,
+        });
+    }
+    Ok((per_worker, bindings))
+}
+
+/// Where a SIGHUP re-reads the configuration from.
+pub struct ReloadSource {
+    pub path: Option<PathBuf>,
+    pub overrides: Overrides,
+}
+
+/// Resolves the built-in echo backend and announces what the operator should know.
+fn prepare(config: &mut Config, echo: &mut Option<SocketAddr>) -> Result<(), ServerError> {
     for svc in &mut config.services {
         if svc.backend == Backend::BuiltinEcho {
-            let addr = crate::echo::spawn_echo().map_err(ServerError::Echo)?;
-            warn!(service = %svc.name, "no backend configured: started built-in loopback echo backend at {addr}");
+            let addr = match echo {
+                Some(a) => *a,
+                None => {
+                    let a = crate::echo::spawn_echo().map_err(ServerError::Echo)?;
+                    warn!(service = %svc.name, "no backend configured: started built-in loopback echo backend at {a}");
+                    *echo = Some(a);
+                    a
+                }
+            };
             svc.backend = Backend::Addr(addr);
         }
         if svc.ephemeral_cert {
@@ -116,13 +154,85 @@ pub fn run(mut config: Config) -> Result<(), ServerError> {
             );
         }
     }
-    // Everything binds or nothing does: on error the sockets bound so far are dropped.
-    let (listeners, bound) = bind_all(&config)?;
-    for (svc, addr) in config.services.iter().zip(&bound) {
+    Ok(())
+}
+
+/// Re-reads and validates the configuration, binds what is new, and returns each worker's
+/// orders plus the new bindings. Nothing changes anywhere unless all of it succeeded.
+fn plan_reload(
+    source: &ReloadSource,
+    workers: usize,
+    current: &[Binding],
+    echo: &mut Option<SocketAddr>,
+) -> Result<(Vec<Reload>, Vec<Binding>), String> {
+    let mut config =
+        config::load(source.path.as_deref(), &source.overrides).map_err(|e| e.to_string())?;
+    if config.global.workers != workers {
+        warn!(
+            "reload: workers = {} needs a restart; keeping {workers}",
+            config.global.workers
+        );
+        config.global.workers = workers;
+    }
+    prepare(&mut config, echo).map_err(|e| e.to_string())?;
+    let mut per_worker: Vec<Vec<ListenerChange>> = (0..workers).map(|_| Vec::new()).collect();
+    let mut bindings = Vec::with_capacity(config.services.len());
+    for (index, svc) in config.services.iter().enumerate() {
+        let kept = current
+            .iter()
+            .find(|b| b.configured == svc.listen || b.bound == svc.listen)
+            .filter(|b| !bindings.iter().any(|n: &Binding| n.bound == b.bound));
+        match kept {
+            Some(b) => {
+                for orders in &mut per_worker {
+                    orders.push(ListenerChange::Keep(b.bound));
+                }
+                bindings.push(Binding {
+                    configured: svc.listen,
+                    bound: b.bound,
+                });
+            }
+            None => {
+                let (listeners, bound) =
+                    bind_service(svc, index, workers).map_err(|e| e.to_string())?;
+                for (w, l) in listeners.into_iter().enumerate() {
+                    per_worker[w].push(ListenerChange::New(l));
+                }
+                bindings.push(Binding {
+                    configured: svc.listen,
+                    bound,
+                });
+            }
+        }
+    }
+    let config = Arc::new(config);
+    let reloads = per_worker
+        .into_iter()
+        .map(|listeners| Reload {
+            config: config.clone(),
+            listeners,
+        })
+        .collect();
+    for (svc, b) in config.services.iter().zip(&bindings) {
+        info!(
+            "listening service={} addr={} workers={}",
+            svc.name, b.bound, workers
+        );
+    }
+    Ok((reloads, bindings))
+}
+
+/// Runs the proxy until a shutdown signal has been handled and every worker has drained.
+/// SIGHUP re-reads the configuration from `source` (see [`plan_reload`]).
+pub fn run(mut config: Config, source: ReloadSource) -> Result<(), ServerError> {
+    let mut echo = None;
+    prepare(&mut config, &mut echo)?;
+    let (listeners, mut bindings) = bind_all(&config)?;
+    for (svc, b) in config.services.iter().zip(&bindings) {
         info!(
             "listening service={} addr={} workers={}",
             svc.name,
-            addr,
+            b.bound,
             listeners.len()
         );
     }
@@ -134,12 +244,13 @@ pub fn run(mut config: Config) -> Result<(), ServerError> {
         .map_err(ServerError::Signals)?;
     // Handlers go in before any worker starts, so a signal sent as soon as `ready` is
     // logged is never met by the default action.
-    let (mut term, mut int, mut usr1) = {
+    let (mut term, mut int, mut usr1, mut hup) = {
         let _rt = signals.enter();
         (
             signal(SignalKind::terminate()).map_err(ServerError::Signals)?,
             signal(SignalKind::interrupt()).map_err(ServerError::Signals)?,
             signal(SignalKind::user_defined1()).map_err(ServerError::Signals)?,
+            signal(SignalKind::hangup()).map_err(ServerError::Signals)?,
         )
     };
     let (started_tx, started_rx) = std::sync::mpsc::channel();
@@ -174,6 +285,8 @@ pub fn run(mut config: Config) -> Result<(), ServerError> {
     }
     info!("ready workers={ready}");
 
+    let workers = controls.len();
+    let (mut reloads_ok, mut reloads_failed) = (0u64, 0u64);
     let died = signals.block_on(async {
         loop {
             tokio::select! {
@@ -181,10 +294,25 @@ pub fn run(mut config: Config) -> Result<(), ServerError> {
                 _ = int.recv() => return None,
                 Some(id) = exited_rx.recv() => return Some(id),
                 _ = usr1.recv() => {
+                    info!("process stats reloads_ok={reloads_ok} reloads_failed={reloads_failed}");
                     for c in &controls {
                         let _ = c.send(Control::Stats);
                     }
                 }
+                _ = hup.recv() => match plan_reload(&source, workers, &bindings, &mut echo) {
+                    Ok((orders, new_bindings)) => {
+                        for (c, order) in controls.iter().zip(orders) {
+                            let _ = c.send(Control::Reload(order));
+                        }
+                        bindings = new_bindings;
+                        reloads_ok += 1;
+                        info!("reload ok: {} service(s); open connections keep their settings", bindings.len());
+                    }
+                    Err(e) => {
+                        reloads_failed += 1;
+                        error!("reload failed, still serving the previous configuration: {e}");
+                    }
+                },
             }
         }
     });

@@ -21,7 +21,7 @@ use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::TcpStream;
 use tracing::{debug, info, warn};
 
-use super::{ktls_relay, WorkerCtx};
+use super::{ktls_relay, ServiceRt, WorkerCtx};
 use crate::config::{Backend, Service};
 use crate::conn::client_hello::{self, Peek};
 use crate::conn::close::CloseReason;
@@ -35,12 +35,12 @@ use crate::obs;
 /// Releases the connection's slot in the worker's books however the task ends.
 struct Slot {
     ctx: Rc<WorkerCtx>,
-    service: usize,
+    rt: Rc<ServiceRt>,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let active = &self.ctx.active[self.service];
+        let active = &self.rt.active;
         active.set(active.get().saturating_sub(1));
         obs::dec(&self.ctx.stats.active);
         obs::inc(&self.ctx.stats.closed);
@@ -86,12 +86,17 @@ pub(super) struct Tally {
     pub(super) down: Cell<u64>,
 }
 
-pub(super) async fn serve(ctx: Rc<WorkerCtx>, service: usize, client: TcpStream, peer: SocketAddr) {
+pub(super) async fn serve(
+    ctx: Rc<WorkerCtx>,
+    rt: Rc<ServiceRt>,
+    client: TcpStream,
+    peer: SocketAddr,
+) {
     let slot = Slot {
         ctx: ctx.clone(),
-        service,
+        rt: rt.clone(),
     };
-    let svc = &ctx.config.services[service];
+    let svc = rt.svc();
     let started = Instant::now();
     debug!(worker = ctx.id, service = %svc.name, %peer, "accepted");
     if let Err(e) = sockopt::with_sockref(&client, |s| {
@@ -100,7 +105,7 @@ pub(super) async fn serve(ctx: Rc<WorkerCtx>, service: usize, client: TcpStream,
         debug!(%peer, error = %e, "could not set client socket options");
     }
     let tally = Tally::default();
-    let reason = run(&ctx, service, &client, peer, &tally).await;
+    let reason = run(&ctx, &rt, &client, peer, &tally).await;
     // Ends any op still in flight on the client socket so its fd is released now.
     let _ = client.shutdown(Shutdown::Both);
 
@@ -121,13 +126,13 @@ pub(super) async fn serve(ctx: Rc<WorkerCtx>, service: usize, client: TcpStream,
 
 async fn run(
     ctx: &WorkerCtx,
-    service: usize,
+    rt: &ServiceRt,
     client: &TcpStream,
     peer: SocketAddr,
     tally: &Tally,
 ) -> CloseReason {
-    let svc = &ctx.config.services[service];
-    let mut tls = match ServerTls::new(ctx.tls[service].clone()) {
+    let svc = rt.svc();
+    let mut tls = match ServerTls::new(rt.tls.clone()) {
         Ok(t) => t,
         Err(e) => {
             warn!(%peer, error = %e, "cannot create TLS session");
@@ -159,7 +164,7 @@ async fn run(
     };
     obs::inc(&ctx.stats.handshakes);
     let info = tls.info();
-    let svc_stats = &ctx.service_stats[service];
+    let svc_stats = &rt.stats;
     if info.resumed {
         obs::inc(&ctx.stats.handshakes_resumed);
         obs::inc(&svc_stats.handshakes_resumed);
@@ -175,7 +180,7 @@ async fn run(
     let suite = tls
         .negotiated_suite()
         .expect("a finished handshake has a suite");
-    let mut offload = offload::decide(svc.ktls, ctx.config.kernel_tls.as_ref(), suite);
+    let mut offload = offload::decide(svc.ktls, rt.config.kernel_tls.as_ref(), suite);
     let mut peer_closed = peer_closed;
     if let Offload::Kernel { .. } = offload {
         // The kernel must start at a record boundary.

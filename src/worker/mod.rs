@@ -5,8 +5,8 @@
 mod connection;
 mod ktls_relay;
 
-use std::cell::Cell;
-use std::net::TcpListener as StdListener;
+use std::cell::{Cell, RefCell};
+use std::net::{SocketAddr, TcpListener as StdListener};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,23 +15,40 @@ use tokio::sync::{mpsc, Notify};
 use tokio_uring::net::TcpListener;
 use tracing::{debug, info, warn};
 
-use crate::config::Config;
+use crate::config::{Config, Service};
 use crate::conn::offload;
 use crate::io::pipe::PipePool;
 use crate::obs::{self, ServiceStats, WorkerStats};
 
 /// Orders the main thread sends to a worker.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Control {
     /// Log this worker's counters.
     Stats,
+    /// Serve new connections with a new configuration (SIGHUP); open ones keep theirs.
+    Reload(Reload),
     /// Stop accepting, drain open connections up to `drain_timeout`, then exit.
     Shutdown,
+}
+
+/// A validated new configuration and, per service of it, this worker's listener.
+pub struct Reload {
+    pub config: Arc<Config>,
+    pub listeners: Vec<ListenerChange>,
+}
+
+/// Where a service of a reloaded configuration gets its listener on a worker.
+pub enum ListenerChange {
+    /// The address did not change: keep the bound listener (no refused connections).
+    Keep(SocketAddr),
+    /// A new address: a listener the main thread has just bound.
+    New(WorkerListener),
 }
 
 /// One service's listening socket, bound by the main thread for one worker.
 pub struct WorkerListener {
     pub service: usize,
+    /// The bound address (port 0 resolved).
+    pub addr: SocketAddr,
     pub socket: StdListener,
     /// A duplicate of the socket, kept to shut the listener down while an accept is in flight.
     pub shutdown_handle: socket2::Socket,
@@ -44,21 +61,66 @@ pub struct WorkerSpec {
     pub listeners: Vec<WorkerListener>,
 }
 
+/// One service as a worker runs it. Connections keep the `Rc` they started with, so a reload
+/// never changes an open connection; the counters carry over when the listener is kept.
+pub(crate) struct ServiceRt {
+    pub config: Arc<Config>,
+    pub index: usize,
+    /// This worker's own TLS config copy (see `tls::per_worker_config`).
+    pub tls: Arc<rustls::ServerConfig>,
+    /// This worker's share of `max_connections`.
+    pub limit: u32,
+    /// Open connections of this service on this worker.
+    pub active: Rc<Cell<u32>>,
+    pub stats: Rc<ServiceStats>,
+}
+
+impl ServiceRt {
+    fn new(
+        config: &Arc<Config>,
+        index: usize,
+        active: Rc<Cell<u32>>,
+        stats: Rc<ServiceStats>,
+    ) -> Rc<ServiceRt> {
+        let svc = &config.services[index];
+        let workers = config.global.workers as u32;
+        let extract = offload::may_offload(svc.ktls, config.kernel_tls.as_ref());
+        Rc::new(ServiceRt {
+            config: config.clone(),
+            index,
+            tls: crate::tls::per_worker_config(
+                &svc.tls,
+                &svc.certified,
+                svc.session_cache_size,
+                extract,
+            ),
+            limit: svc.tunables.max_connections.div_ceil(workers).max(1),
+            active,
+            stats,
+        })
+    }
+
+    pub fn svc(&self) -> &Service {
+        &self.config.services[self.index]
+    }
+}
+
+/// A listener a worker runs, and the service its new connections go to.
+struct ListenerRt {
+    addr: SocketAddr,
+    current: Rc<RefCell<Rc<ServiceRt>>>,
+    shutdown_handle: socket2::Socket,
+    task: tokio::task::JoinHandle<()>,
+}
+
 /// Worker-local state shared by its tasks (single thread: `Rc` and `Cell`).
 pub(crate) struct WorkerCtx {
     pub id: usize,
-    pub config: Arc<Config>,
+    /// The configuration new connections use (replaced on reload).
+    pub config: RefCell<Arc<Config>>,
     pub stats: WorkerStats,
-    /// Open connections per service on this worker.
-    pub active: Vec<Cell<u32>>,
-    /// Per-service share of `max_connections` for this worker.
-    pub limits: Vec<u32>,
-    /// Per-service TLS config owned by this worker (see `tls::per_worker_config`).
-    pub tls: Vec<Arc<rustls::ServerConfig>>,
     /// Spare pipes for the kTLS splice relay.
     pub pipes: PipePool,
-    /// Per-service handshake counters.
-    pub service_stats: Vec<ServiceStats>,
     /// Signalled whenever a connection ends.
     pub conn_closed: Notify,
     /// Signalled when drain time is up: open connections close at once.
@@ -82,8 +144,8 @@ fn pipe_size(config: &Config) -> usize {
 }
 
 impl WorkerCtx {
-    fn total_active(&self) -> u32 {
-        self.active.iter().map(Cell::get).sum()
+    fn total_active(&self) -> u64 {
+        self.stats.active.get()
     }
 }
 
@@ -106,55 +168,29 @@ async fn worker_main(
     mut control: mpsc::UnboundedReceiver<Control>,
     started: std::sync::mpsc::Sender<usize>,
 ) {
-    let workers = spec.config.global.workers as u32;
     let ctx = Rc::new(WorkerCtx {
         id: spec.id,
-        limits: spec
-            .config
-            .services
-            .iter()
-            .map(|s| s.tunables.max_connections.div_ceil(workers).max(1))
-            .collect(),
-        active: spec.config.services.iter().map(|_| Cell::new(0)).collect(),
-        tls: spec
-            .config
-            .services
-            .iter()
-            .map(|s| {
-                let extract = offload::may_offload(s.ktls, spec.config.kernel_tls.as_ref());
-                crate::tls::per_worker_config(&s.tls, &s.certified, s.session_cache_size, extract)
-            })
-            .collect(),
         pipes: PipePool::new(pipe_size(&spec.config), PIPES_KEPT_PER_WORKER),
-        service_stats: spec
-            .config
-            .services
-            .iter()
-            .map(|_| ServiceStats::default())
-            .collect(),
-        config: spec.config,
+        config: RefCell::new(spec.config.clone()),
         stats: WorkerStats::default(),
         conn_closed: Notify::new(),
         force_close: Notify::new(),
         draining: Cell::new(false),
     });
-
-    let mut handles = Vec::with_capacity(spec.listeners.len());
-    let mut accept_tasks = Vec::with_capacity(spec.listeners.len());
-    for l in spec.listeners {
-        let listener = TcpListener::from_std(l.socket);
-        handles.push(l.shutdown_handle);
-        accept_tasks.push(tokio_uring::spawn(accept_loop(
-            ctx.clone(),
-            l.service,
-            listener,
-        )));
-    }
+    let mut listeners: Vec<ListenerRt> = spec
+        .listeners
+        .into_iter()
+        .map(|l| {
+            let rt = ServiceRt::new(&spec.config, l.service, Rc::default(), Rc::default());
+            start_listener(&ctx, l, rt)
+        })
+        .collect();
     let _ = started.send(ctx.id);
 
     while let Some(order) = control.recv().await {
         match order {
-            Control::Stats => log_stats(&ctx),
+            Control::Stats => log_stats(&ctx, &listeners),
+            Control::Reload(reload) => listeners = apply_reload(&ctx, listeners, reload),
             Control::Shutdown => break,
         }
     }
@@ -163,15 +199,14 @@ async fn worker_main(
     // takes it out of the SO_REUSEPORT group, so new connections go nowhere rather than queue.
     ctx.draining.set(true);
     ctx.conn_closed.notify_waiters(); // wakes accept loops paused at max_connections
-    for h in &handles {
-        let _ = h.shutdown(std::net::Shutdown::Both);
+    let mut stats_of = Vec::with_capacity(listeners.len());
+    for l in listeners {
+        let _ = l.shutdown_handle.shutdown(std::net::Shutdown::Both);
+        let _ = l.task.await;
+        stats_of.push(l.current);
     }
-    for t in accept_tasks {
-        let _ = t.await;
-    }
-    drop(handles);
 
-    let drain = ctx.config.global.drain_timeout;
+    let drain = ctx.config.borrow().global.drain_timeout;
     let open = ctx.total_active();
     if open > 0 {
         info!(
@@ -190,7 +225,63 @@ async fn worker_main(
         ctx.force_close.notify_waiters();
         let _ = tokio::time::timeout(Duration::from_secs(5), wait_idle(&ctx)).await;
     }
-    log_stats(&ctx);
+    log_worker_stats(&ctx);
+    for current in &stats_of {
+        log_service_stats(&ctx, &current.borrow());
+    }
+}
+
+fn start_listener(ctx: &Rc<WorkerCtx>, l: WorkerListener, rt: Rc<ServiceRt>) -> ListenerRt {
+    let current = Rc::new(RefCell::new(rt));
+    let listener = TcpListener::from_std(l.socket);
+    ListenerRt {
+        addr: l.addr,
+        task: tokio_uring::spawn(accept_loop(ctx.clone(), current.clone(), listener)),
+        current,
+        shutdown_handle: l.shutdown_handle,
+    }
+}
+
+/// New connections on kept listeners use the new configuration; new listeners start;
+/// listeners the new configuration does not mention stop accepting (their open connections
+/// go on to their natural end).
+fn apply_reload(ctx: &Rc<WorkerCtx>, old: Vec<ListenerRt>, reload: Reload) -> Vec<ListenerRt> {
+    let Reload { config, listeners } = reload;
+    let mut old: Vec<Option<ListenerRt>> = old.into_iter().map(Some).collect();
+    let mut next = Vec::with_capacity(listeners.len());
+    for (index, change) in listeners.into_iter().enumerate() {
+        match change {
+            ListenerChange::Keep(addr) => {
+                let Some(l) = old
+                    .iter_mut()
+                    .find(|l| l.as_ref().is_some_and(|l| l.addr == addr))
+                else {
+                    warn!(worker = ctx.id, %addr, "reload: no listener to keep at this address");
+                    continue;
+                };
+                let l = l.take().expect("found above");
+                let previous = l.current.borrow().clone();
+                let rt = ServiceRt::new(
+                    &config,
+                    index,
+                    previous.active.clone(),
+                    previous.stats.clone(),
+                );
+                *l.current.borrow_mut() = rt;
+                next.push(l);
+            }
+            ListenerChange::New(listener) => {
+                let rt = ServiceRt::new(&config, index, Rc::default(), Rc::default());
+                next.push(start_listener(ctx, listener, rt));
+            }
+        }
+    }
+    for l in old.into_iter().flatten() {
+        info!(worker = ctx.id, addr = %l.addr, service = %l.current.borrow().svc().name, "reload: listener closed");
+        let _ = l.shutdown_handle.shutdown(std::net::Shutdown::Both);
+    }
+    *ctx.config.borrow_mut() = config;
+    next
 }
 
 async fn wait_idle(ctx: &WorkerCtx) {
@@ -199,45 +290,59 @@ async fn wait_idle(ctx: &WorkerCtx) {
     }
 }
 
-fn log_stats(ctx: &WorkerCtx) {
-    ctx.stats.sync_thread_counters();
-    info!("worker stats worker={} {}", ctx.id, ctx.stats.render());
-    for (svc, st) in ctx.config.services.iter().zip(&ctx.service_stats) {
-        info!(
-            "service stats worker={} service={} handshakes_full={} handshakes_resumed={}",
-            ctx.id,
-            svc.name,
-            st.handshakes_full.get(),
-            st.handshakes_resumed.get()
-        );
+fn log_stats(ctx: &WorkerCtx, listeners: &[ListenerRt]) {
+    log_worker_stats(ctx);
+    for l in listeners {
+        log_service_stats(ctx, &l.current.borrow());
     }
 }
 
-async fn accept_loop(ctx: Rc<WorkerCtx>, service: usize, listener: TcpListener) {
-    let limit = ctx.limits[service];
+fn log_worker_stats(ctx: &WorkerCtx) {
+    ctx.stats.sync_thread_counters();
+    info!("worker stats worker={} {}", ctx.id, ctx.stats.render());
+}
+
+fn log_service_stats(ctx: &WorkerCtx, rt: &ServiceRt) {
+    info!(
+        "service stats worker={} service={} handshakes_full={} handshakes_resumed={}",
+        ctx.id,
+        rt.svc().name,
+        rt.stats.handshakes_full.get(),
+        rt.stats.handshakes_resumed.get()
+    );
+}
+
+async fn accept_loop(
+    ctx: Rc<WorkerCtx>,
+    current: Rc<RefCell<Rc<ServiceRt>>>,
+    listener: TcpListener,
+) {
     loop {
-        if ctx.active[service].get() >= limit {
+        let rt = current.borrow().clone();
+        if rt.active.get() >= rt.limit {
             obs::inc(&ctx.stats.max_conn_pauses);
-            debug!(worker = ctx.id, service = %ctx.config.services[service].name, limit, "max_connections reached: accept paused");
-            while ctx.active[service].get() >= limit && !ctx.draining.get() {
+            debug!(worker = ctx.id, service = %rt.svc().name, limit = rt.limit, "max_connections reached: accept paused");
+            while rt.active.get() >= rt.limit && !ctx.draining.get() {
                 ctx.conn_closed.notified().await;
             }
         }
         if ctx.draining.get() {
             return;
         }
+        drop(rt);
         match listener.accept().await {
             Ok((stream, peer)) => {
                 if ctx.draining.get() {
                     return;
                 }
+                let rt = current.borrow().clone();
                 obs::inc(&ctx.stats.accepted);
                 obs::inc(&ctx.stats.active);
-                let active = &ctx.active[service];
-                active.set(active.get() + 1);
-                tokio_uring::spawn(connection::serve(ctx.clone(), service, stream, peer));
+                rt.active.set(rt.active.get() + 1);
+                tokio_uring::spawn(connection::serve(ctx.clone(), rt, stream, peer));
             }
-            Err(_) if ctx.draining.get() => return,
+            // A closed listener (shutdown, or removed by a reload) fails its accept.
+            Err(e) if ctx.draining.get() || e.raw_os_error() == Some(libc::EINVAL) => return,
             Err(e) => {
                 obs::inc(&ctx.stats.accept_errors);
                 warn!(worker = ctx.id, error = %e, "accept failed");
