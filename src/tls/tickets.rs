@@ -355,7 +355,7 @@ pub fn generate_keys_file(count: usize) -> Result<String, String> {
     let mut out = String::from(
         "# tlsfront session ticket keys: newest first; the first encrypts, the first two decrypt.\n\
          # Each line: base64 of 48 bytes = 16-byte key name + 32-byte AES-256-GCM key.\n\
-         # Rotate: add a new line at the top on every instance, then restart them.\n",
+         # Rotate: add a new line at the top on every instance, then reload them (SIGHUP).\n",
     );
     for _ in 0..count.max(1) {
         let mut entry = [0u8; ENTRY_LEN];
