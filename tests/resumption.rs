@@ -262,6 +262,84 @@ fn openssl_resumes_across_instances() {
     assert!(second.contains("Reused, TLSv1.3"), "{second}");
 }
 
+/// A ticket whose ciphertext was altered is refused (counted as corrupt) and the client gets
+/// a full handshake, not an error. The ticket is found in OpenSSL's saved session by its key
+/// name, which is the first 16 bytes of the key in the keys file.
+#[test]
+fn openssl_corrupted_ticket_gets_a_full_handshake() {
+    use base64::Engine as _;
+    if !Path::new("/usr/bin/openssl").exists() {
+        eprintln!("SKIP openssl_corrupted_ticket_gets_a_full_handshake: /usr/bin/openssl missing");
+        return;
+    }
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let env = TestEnv::new();
+    let echo = Backend::echo();
+    let keys = generate_keys(&env, "keys", 1);
+    let key_name = b64.decode(&key_lines(&keys)[0]).unwrap()[..16].to_vec();
+    let proxy = env
+        .config(echo.addr)
+        .service(&format!("ticket_keys_file = {}", toml_path(&keys)))
+        .start();
+    let sess = env.path("sess.pem");
+    let run = |flag: &str| {
+        let (finished, text) = Command::new("/usr/bin/openssl")
+            .args([
+                "s_client",
+                "-connect",
+                &proxy.addr().to_string(),
+                "-servername",
+                "localhost",
+            ])
+            .args([
+                "-CAfile",
+                env.ca_pem.to_str().unwrap(),
+                "-tls1_3",
+                flag,
+                sess.to_str().unwrap(),
+            ])
+            .stdin(std::process::Stdio::piped())
+            .output_with_input(b"hello\n", Duration::from_secs(20));
+        assert!(finished, "openssl s_client did not finish");
+        text
+    };
+    assert!(run("-sess_out").contains("New, TLSv1.3"));
+
+    // Flip one ciphertext byte of the ticket inside the saved session.
+    let pem = std::fs::read_to_string(&sess).unwrap();
+    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    let mut der = b64.decode(body).unwrap();
+    let at = der
+        .windows(16)
+        .position(|w| w == &key_name[..])
+        .expect("our ticket (by key name) in the saved session");
+    der[at + 16 + 12 + 3] ^= 0x40; // past the name and the nonce: inside the ciphertext
+    let encoded = b64.encode(&der);
+    let lines: Vec<&str> = encoded
+        .as_bytes()
+        .chunks(64)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect();
+    std::fs::write(
+        &sess,
+        format!(
+            "-----BEGIN SSL SESSION PARAMETERS-----\n{}\n-----END SSL SESSION PARAMETERS-----\n",
+            lines.join("\n")
+        ),
+    )
+    .unwrap();
+
+    let second = run("-sess_in");
+    assert!(
+        second.contains("New, TLSv1.3"),
+        "expected a full handshake: {second}"
+    );
+    let stats = worker_stats(&proxy, 1);
+    let line = stats.get("0").unwrap();
+    assert_eq!(num(line, "ticket_decrypt_corrupt"), 1, "{line}");
+    assert_eq!(num(line, "handshake_failures"), 0, "{line}");
+}
+
 /// Runs a command with `input` on stdin (then EOF after a pause long enough for the
 /// server's tickets to arrive); returns (finished in time, stdout + stderr).
 trait OutputWithInput {

@@ -484,6 +484,26 @@ mod tests {
     }
 
     #[test]
+    fn random_keys_rotate_and_keep_one_previous_key() {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static NOW: AtomicU64 = AtomicU64::new(0);
+        fn clock() -> SystemTime {
+            UNIX_EPOCH + Duration::from_secs(NOW.load(Ordering::Relaxed))
+        }
+        let rotation = Duration::from_secs(600);
+        NOW.store(10 * 600, Ordering::Relaxed);
+        let t = Ticketer::with_clock(KeySource::Random { rotation }, rotation, clock).unwrap();
+        let first = t.encrypt(b"one").unwrap();
+        NOW.store(11 * 600 + 1, Ordering::Relaxed); // next epoch: new key, first one kept
+        let second = t.encrypt(b"two").unwrap();
+        assert_ne!(&first[..NAME_LEN], &second[..NAME_LEN], "rotated");
+        assert_eq!(t.decrypt(&first).unwrap(), b"one");
+        NOW.store(12 * 600 + 1, Ordering::Relaxed); // two rotations after `first`
+        assert!(t.decrypt(&first).is_none());
+        assert_eq!(t.decrypt(&second).unwrap(), b"two");
+    }
+
+    #[test]
     fn keys_files_parse_and_generate() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("keys");
