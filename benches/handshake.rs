@@ -20,10 +20,9 @@ fn server_config(groups: &[&str]) -> (Arc<rustls::ServerConfig>, CertificateDer<
     std::fs::write(&key, generated.key_pair.serialize_pem()).unwrap();
     let policy = TlsPolicy {
         min_version: Version::Tls13,
-        max_version: Version::Tls13,
         ciphers: Some(vec!["TLS13_AES_128_GCM_SHA256".into()]),
         groups: Some(groups.iter().map(|g| g.to_string()).collect()),
-        alpn: vec![],
+        ..TlsPolicy::default()
     };
     let built = build_server_config(&policy, &CertSource::Files { cert, key }).unwrap();
     (Arc::new(built.config), generated.cert.der().clone())

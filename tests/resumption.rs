@@ -235,27 +235,7 @@ fn openssl_resumes_across_instances() {
     let a = env.config(echo.addr).service(&line).start();
     let b = env.config(echo.addr).service(&line).start();
     let sess = env.path("sess.pem");
-    let run = |addr: std::net::SocketAddr, flag: &str| {
-        let out = Command::new("/usr/bin/openssl")
-            .args([
-                "s_client",
-                "-connect",
-                &addr.to_string(),
-                "-servername",
-                "localhost",
-            ])
-            .args([
-                "-CAfile",
-                env.ca_pem.to_str().unwrap(),
-                "-tls1_3",
-                flag,
-                sess.to_str().unwrap(),
-            ])
-            .stdin(std::process::Stdio::piped())
-            .output_with_input(b"hello\n", Duration::from_secs(20));
-        assert!(out.0, "openssl s_client did not finish");
-        out.1
-    };
+    let run = |addr, flag| s_client(addr, &env.ca_pem, flag, &sess);
     let first = run(a.addr(), "-sess_out");
     assert!(first.contains("New, TLSv1.3"), "{first}");
     let second = run(b.addr(), "-sess_in");
@@ -282,27 +262,7 @@ fn openssl_corrupted_ticket_gets_a_full_handshake() {
         .service(&format!("ticket_keys_file = {}", toml_path(&keys)))
         .start();
     let sess = env.path("sess.pem");
-    let run = |flag: &str| {
-        let (finished, text) = Command::new("/usr/bin/openssl")
-            .args([
-                "s_client",
-                "-connect",
-                &proxy.addr().to_string(),
-                "-servername",
-                "localhost",
-            ])
-            .args([
-                "-CAfile",
-                env.ca_pem.to_str().unwrap(),
-                "-tls1_3",
-                flag,
-                sess.to_str().unwrap(),
-            ])
-            .stdin(std::process::Stdio::piped())
-            .output_with_input(b"hello\n", Duration::from_secs(20));
-        assert!(finished, "openssl s_client did not finish");
-        text
-    };
+    let run = |flag| s_client(proxy.addr(), &env.ca_pem, flag, &sess);
     assert!(run("-sess_out").contains("New, TLSv1.3"));
 
     // Flip one ciphertext byte of the ticket inside the saved session.
@@ -338,6 +298,30 @@ fn openssl_corrupted_ticket_gets_a_full_handshake() {
     let line = stats.get("0").unwrap();
     assert_eq!(num(line, "ticket_decrypt_corrupt"), 1, "{line}");
     assert_eq!(num(line, "handshake_failures"), 0, "{line}");
+}
+
+/// `openssl s_client` TLS 1.3 to `addr` trusting `ca`, with `-sess_out`/`-sess_in FILE`;
+/// returns its output (stdout and stderr).
+fn s_client(addr: std::net::SocketAddr, ca: &Path, flag: &str, sess: &Path) -> String {
+    let (finished, text) = Command::new("/usr/bin/openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &addr.to_string(),
+            "-servername",
+            "localhost",
+        ])
+        .args([
+            "-CAfile",
+            ca.to_str().unwrap(),
+            "-tls1_3",
+            flag,
+            sess.to_str().unwrap(),
+        ])
+        .stdin(std::process::Stdio::piped())
+        .output_with_input(b"hello\n", Duration::from_secs(20));
+    assert!(finished, "openssl s_client did not finish");
+    text
 }
 
 /// Runs a command with `input` on stdin (then EOF after a pause long enough for the

@@ -6,19 +6,13 @@ use std::sync::{Arc, OnceLock};
 
 use libfuzzer_sys::fuzz_target;
 use tlsfront::conn::tls::{out_capacity, OutBuf, ServerTls, MAX_RECORD_WIRE};
-use tlsfront::tls::{build_server_config, CertSource, TlsPolicy, Version};
+use tlsfront::tls::{build_server_config, CertSource, TlsPolicy};
 
 fn config() -> Arc<rustls::ServerConfig> {
     static CONFIG: OnceLock<Arc<rustls::ServerConfig>> = OnceLock::new();
     CONFIG
         .get_or_init(|| {
-            let policy = TlsPolicy {
-                min_version: Version::Tls12,
-                max_version: Version::Tls13,
-                ciphers: None,
-                groups: None,
-                alpn: vec![],
-            };
+            let policy = TlsPolicy::default();
             Arc::new(build_server_config(&policy, &CertSource::Ephemeral).unwrap().config)
         })
         .clone()

@@ -373,7 +373,7 @@ fn encode_into(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tls::{build_server_config, CertSource, TlsPolicy, Version};
+    use crate::tls::{build_server_config, CertSource, TlsPolicy};
     use std::io::{Read, Write};
 
     struct Pair {
@@ -385,13 +385,7 @@ mod tests {
     }
 
     fn pair(versions: &[&'static rustls::SupportedProtocolVersion]) -> Pair {
-        let policy = TlsPolicy {
-            min_version: Version::Tls12,
-            max_version: Version::Tls13,
-            ciphers: None,
-            groups: None,
-            alpn: vec![],
-        };
+        let policy = TlsPolicy::default();
         let built = build_server_config(&policy, &CertSource::Ephemeral).unwrap();
         let client_cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::aws_lc_rs::default_provider(),

@@ -39,6 +39,7 @@ impl Version {
 }
 
 /// A service's TLS policy as written in the config (names not yet checked).
+/// The default is the config's: TLS 1.2–1.3, default suites and groups, no ALPN.
 #[derive(Debug, Clone)]
 pub struct TlsPolicy {
     pub min_version: Version,
@@ -46,6 +47,18 @@ pub struct TlsPolicy {
     pub ciphers: Option<Vec<String>>,
     pub groups: Option<Vec<String>>,
     pub alpn: Vec<String>,
+}
+
+impl Default for TlsPolicy {
+    fn default() -> Self {
+        TlsPolicy {
+            min_version: Version::Tls12,
+            max_version: Version::Tls13,
+            ciphers: None,
+            groups: None,
+            alpn: Vec::new(),
+        }
+    }
 }
 
 /// Where the server certificate comes from.
@@ -378,13 +391,7 @@ mod tests {
     use super::*;
 
     fn policy() -> TlsPolicy {
-        TlsPolicy {
-            min_version: Version::Tls12,
-            max_version: Version::Tls13,
-            ciphers: None,
-            groups: None,
-            alpn: vec![],
-        }
+        TlsPolicy::default()
     }
 
     #[test]
