@@ -16,7 +16,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
-use crate::config::{self, Backend, Config, Overrides, Service};
+use crate::config::{self, Backend, Config, Overrides, Service, TicketKeys};
 use crate::worker::{self, Control, ListenerChange, Reload, WorkerListener, WorkerSpec};
 
 #[derive(Debug, thiserror::Error)]
@@ -157,16 +157,21 @@ fn prepare(config: &mut Config, echo: &mut Option<SocketAddr>) -> Result<(), Ser
     Ok(())
 }
 
+/// Each worker's orders, the new bindings and the new configuration.
+type ReloadPlan = (Vec<Reload>, Vec<Binding>, Arc<Config>);
+
 /// Re-reads and validates the configuration, binds what is new, and returns each worker's
 /// orders plus the new bindings. Nothing changes anywhere unless all of it succeeded.
 fn plan_reload(
     source: &ReloadSource,
     workers: usize,
     current: &[Binding],
+    previous: &Config,
     echo: &mut Option<SocketAddr>,
-) -> Result<(Vec<Reload>, Vec<Binding>), String> {
+) -> Result<ReloadPlan, String> {
     let mut config =
         config::load(source.path.as_deref(), &source.overrides).map_err(|e| e.to_string())?;
+    keep_random_ticket_keys(&mut config, previous);
     if config.global.workers != workers {
         warn!(
             "reload: workers = {} needs a restart; keeping {workers}",
@@ -219,7 +224,28 @@ fn plan_reload(
             svc.name, b.bound, workers
         );
     }
-    Ok((reloads, bindings))
+    Ok((reloads, bindings, config))
+}
+
+/// In-process random ticket keys would be lost with the old configuration, and every
+/// outstanding ticket with them: a service whose key settings did not change keeps its
+/// ticketer. (Keys from a file or a secret are simply read or derived again.)
+fn keep_random_ticket_keys(config: &mut Config, previous: &Config) {
+    for svc in &mut config.services {
+        if !matches!(svc.ticket_keys, TicketKeys::Random { .. }) {
+            continue;
+        }
+        let Some(old) = previous
+            .services
+            .iter()
+            .find(|o| o.name == svc.name && o.ticket_keys == svc.ticket_keys)
+        else {
+            continue;
+        };
+        let mut tls = (*svc.tls).clone();
+        tls.ticketer = old.tls.ticketer.clone();
+        svc.tls = Arc::new(tls);
+    }
 }
 
 /// Runs the proxy until a shutdown signal has been handled and every worker has drained.
@@ -237,6 +263,7 @@ pub fn run(mut config: Config, source: ReloadSource) -> Result<(), ServerError> 
         );
     }
     let config = Arc::new(config);
+    let mut current = config.clone();
 
     let signals = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -299,8 +326,9 @@ pub fn run(mut config: Config, source: ReloadSource) -> Result<(), ServerError> 
                         let _ = c.send(Control::Stats);
                     }
                 }
-                _ = hup.recv() => match plan_reload(&source, workers, &bindings, &mut echo) {
-                    Ok((orders, new_bindings)) => {
+                _ = hup.recv() => match plan_reload(&source, workers, &bindings, &current, &mut echo) {
+                    Ok((orders, new_bindings, new_config)) => {
+                        current = new_config;
                         for (c, order) in controls.iter().zip(orders) {
                             let _ = c.send(Control::Reload(order));
                         }

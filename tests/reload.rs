@@ -27,11 +27,14 @@ impl TwoCerts {
         let mut roots = RootCertStore::empty();
         roots.add(a.ca_der.clone()).unwrap();
         roots.add(b.ca_der.clone()).unwrap();
-        let client = ClientConfig::builder_with_provider(ClientOpts::default().provider())
+        let mut client = ClientConfig::builder_with_provider(ClientOpts::default().provider())
             .with_safe_default_protocol_versions()
             .unwrap()
             .with_root_certificates(roots)
             .with_no_client_auth();
+        // A resumed session reports the certificate of the session it resumes (tickets
+        // survive reloads), so certificate checks use full handshakes.
+        client.resumption = rustls::client::Resumption::disabled();
         TwoCerts {
             a,
             b,
@@ -350,5 +353,52 @@ fn ticket_keys_file_is_reread_on_reload() {
     // A file without the key of the client's ticket (k3 issued it): full handshake.
     set_keys(&[&keys[0]]);
     reload(&proxy, 3);
+    assert_eq!(session(), HandshakeKind::Full);
+}
+
+/// With the default in-process random keys, a reload that leaves the ticket settings alone
+/// keeps the keys: tickets issued before the reload still resume after it.
+#[test]
+fn random_ticket_keys_survive_a_reload() {
+    use rustls::client::Resumption;
+    use rustls::HandshakeKind;
+    let env = TestEnv::new();
+    let echo = Backend::echo();
+    let proxy = env.config(echo.addr).start();
+    let mut cfg = (*env.client_with(&ClientOpts::tls13())).clone();
+    cfg.resumption = Resumption::in_memory_sessions(8);
+    let cfg = Arc::new(cfg);
+    let session = || {
+        let mut tls = tls_connect_ok(proxy.addr(), &cfg);
+        assert_echo(&mut tls, b"t\n", "echo");
+        tls.conn.handshake_kind().unwrap()
+    };
+    assert_eq!(session(), HandshakeKind::Full);
+    // Change something else (the idle timeout) and reload.
+    let text = env
+        .config(echo.addr)
+        .service("idle_timeout = \"7m\"")
+        .to_toml();
+    let text = text.replacen(
+        "listen = \"127.0.0.1:0\"",
+        &format!("listen = \"{}\"", proxy.addr()),
+        1,
+    );
+    env.write_config(&text);
+    reload(&proxy, 1);
+    assert_eq!(session(), HandshakeKind::Resumed);
+
+    // Changing the rotation means new keys: the old ticket no longer resumes.
+    let text = env
+        .config(echo.addr)
+        .service("ticket_rotation = \"2h\"")
+        .to_toml();
+    let text = text.replacen(
+        "listen = \"127.0.0.1:0\"",
+        &format!("listen = \"{}\"", proxy.addr()),
+        1,
+    );
+    env.write_config(&text);
+    reload(&proxy, 2);
     assert_eq!(session(), HandshakeKind::Full);
 }

@@ -107,6 +107,21 @@ pub struct Service {
     pub ktls: KtlsMode,
     /// Session-cache entries per worker (TLS 1.2 session IDs; TLS 1.3 when tickets are off).
     pub session_cache_size: usize,
+    /// Where the ticket keys come from; a reload keeps in-process random keys when this is
+    /// unchanged, so outstanding tickets stay valid.
+    pub ticket_keys: TicketKeys,
+}
+
+/// The ticket key source of a service, as configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TicketKeys {
+    Off,
+    Random {
+        rotation: Duration,
+        lifetime: Duration,
+    },
+    File(PathBuf),
+    Secret(PathBuf),
 }
 
 /// `ktls = "auto" | "on" | "off"`: whether records are handed to kernel TLS after the
@@ -448,7 +463,7 @@ impl Builder<'_> {
             }
         };
         let policy = self.tls_policy(sec, raw)?;
-        let ticketer = self.ticketer(sec, raw)?;
+        let (ticketer, ticket_keys) = self.ticketer(sec, raw)?;
         let session_cache_size = raw.session_cache_size.unwrap_or(DEFAULT_SESSION_CACHE);
         let tunables = self.tunables(sec, raw)?;
 
@@ -513,6 +528,7 @@ impl Builder<'_> {
             tunables,
             ktls,
             session_cache_size,
+            ticket_keys,
         })
     }
 
@@ -530,7 +546,7 @@ impl Builder<'_> {
         &self,
         sec: Section,
         raw: &ServiceSection,
-    ) -> Result<Option<Arc<dyn rustls::server::ProducesTickets>>, ConfigError> {
+    ) -> Result<(Option<Arc<dyn rustls::server::ProducesTickets>>, TicketKeys), ConfigError> {
         use crate::tls::tickets::{self, KeySource, Ticketer};
         if raw.tickets == Some(false) {
             for key in ["ticket_keys_file", "ticket_secret_file"] {
@@ -542,7 +558,7 @@ impl Builder<'_> {
                     return Err(self.err(sec, key, "set, but tickets = false"));
                 }
             }
-            return Ok(None);
+            return Ok((None, TicketKeys::Off));
         }
         let lifetime = raw.ticket_lifetime.map_or(DEFAULT_TICKET_LIFETIME, |d| d.0);
         if lifetime.is_zero() || lifetime > MAX_TICKET_LIFETIME {
@@ -556,6 +572,11 @@ impl Builder<'_> {
         if rotation < Duration::from_secs(60) {
             return Err(self.err(sec, "ticket_rotation", "must be at least 1m"));
         }
+        let kind = match (&raw.ticket_keys_file, &raw.ticket_secret_file) {
+            (Some(file), _) => TicketKeys::File(self.relative(file)),
+            (None, Some(file)) => TicketKeys::Secret(self.relative(file)),
+            (None, None) => TicketKeys::Random { rotation, lifetime },
+        };
         let source = match (&raw.ticket_keys_file, &raw.ticket_secret_file) {
             (Some(_), Some(_)) => {
                 return Err(self.err(
@@ -582,7 +603,7 @@ impl Builder<'_> {
                 "cannot create ticket keys (random number generator)",
             )
         })?;
-        Ok(Some(Arc::new(ticketer)))
+        Ok((Some(Arc::new(ticketer)), kind))
     }
 
     fn tls_policy(&self, sec: Section, raw: &ServiceSection) -> Result<TlsPolicy, ConfigError> {
