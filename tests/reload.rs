@@ -228,6 +228,16 @@ fn connections_during_reloads_are_never_refused() {
     assert_eq!(failed.load(Ordering::Relaxed), 0);
 }
 
+/// The TOML of `env`'s usual service with `extra` lines, listening at `addr` (so a reload
+/// keeps the bound listener).
+fn config_at(env: &TestEnv, backend: SocketAddr, addr: SocketAddr, extra: &str) -> String {
+    env.config(backend).service(extra).to_toml().replacen(
+        "listen = \"127.0.0.1:0\"",
+        &format!("listen = \"{addr}\""),
+        1,
+    )
+}
+
 fn listening_addr(proxy: &Proxy, service: &str) -> SocketAddr {
     let pat = format!("listening service={service} addr=");
     assert!(
@@ -292,7 +302,6 @@ fn reload_adds_and_removes_services() {
 
 #[test]
 fn ticket_keys_file_is_reread_on_reload() {
-    use rustls::client::Resumption;
     use rustls::HandshakeKind;
     let env = TestEnv::new();
     let echo = Backend::echo();
@@ -328,77 +337,56 @@ fn ticket_keys_file_is_reread_on_reload() {
         .config(echo.addr)
         .service(&format!("ticket_keys_file = {}", toml_path(&live)))
         .start();
-    let mut cfg = (*env.client_with(&ClientOpts::tls13())).clone();
-    cfg.resumption = Resumption::in_memory_sessions(8);
-    let cfg = Arc::new(cfg);
-    let session = || {
-        let mut tls = tls_connect_ok(proxy.addr(), &cfg);
-        assert_echo(&mut tls, b"t\n", "echo");
-        tls.conn.handshake_kind().unwrap()
-    };
-    assert_eq!(session(), HandshakeKind::Full);
+    let cfg = resuming_client(&env, &ClientOpts::tls13());
+    let connect = || session(proxy.addr(), &cfg);
+    assert_eq!(connect(), HandshakeKind::Full);
     // Rotate: k1 becomes the previous key; its ticket still resumes.
     set_keys(&[&keys[1], &keys[0]]);
     reload(&proxy, 1);
-    assert_eq!(session(), HandshakeKind::Resumed);
+    assert_eq!(connect(), HandshakeKind::Resumed);
     // That connection got a ticket under k2, a key only the reloaded file had; after the
     // next rotation k2 is the previous key and its ticket still resumes.
     set_keys(&[&keys[2], &keys[1]]);
     reload(&proxy, 2);
     assert_eq!(
-        session(),
+        connect(),
         HandshakeKind::Resumed,
         "k2 is the previous key now"
     );
     // A file without the key of the client's ticket (k3 issued it): full handshake.
     set_keys(&[&keys[0]]);
     reload(&proxy, 3);
-    assert_eq!(session(), HandshakeKind::Full);
+    assert_eq!(connect(), HandshakeKind::Full);
 }
 
 /// With the default in-process random keys, a reload that leaves the ticket settings alone
 /// keeps the keys: tickets issued before the reload still resume after it.
 #[test]
 fn random_ticket_keys_survive_a_reload() {
-    use rustls::client::Resumption;
     use rustls::HandshakeKind;
     let env = TestEnv::new();
     let echo = Backend::echo();
     let proxy = env.config(echo.addr).start();
-    let mut cfg = (*env.client_with(&ClientOpts::tls13())).clone();
-    cfg.resumption = Resumption::in_memory_sessions(8);
-    let cfg = Arc::new(cfg);
-    let session = || {
-        let mut tls = tls_connect_ok(proxy.addr(), &cfg);
-        assert_echo(&mut tls, b"t\n", "echo");
-        tls.conn.handshake_kind().unwrap()
-    };
-    assert_eq!(session(), HandshakeKind::Full);
+    let cfg = resuming_client(&env, &ClientOpts::tls13());
+    let connect = || session(proxy.addr(), &cfg);
+    assert_eq!(connect(), HandshakeKind::Full);
     // Change something else (the idle timeout) and reload.
-    let text = env
-        .config(echo.addr)
-        .service("idle_timeout = \"7m\"")
-        .to_toml();
-    let text = text.replacen(
-        "listen = \"127.0.0.1:0\"",
-        &format!("listen = \"{}\"", proxy.addr()),
-        1,
-    );
-    env.write_config(&text);
+    env.write_config(&config_at(
+        &env,
+        echo.addr,
+        proxy.addr(),
+        "idle_timeout = \"7m\"",
+    ));
     reload(&proxy, 1);
-    assert_eq!(session(), HandshakeKind::Resumed);
+    assert_eq!(connect(), HandshakeKind::Resumed);
 
     // Changing the rotation means new keys: the old ticket no longer resumes.
-    let text = env
-        .config(echo.addr)
-        .service("ticket_rotation = \"2h\"")
-        .to_toml();
-    let text = text.replacen(
-        "listen = \"127.0.0.1:0\"",
-        &format!("listen = \"{}\"", proxy.addr()),
-        1,
-    );
-    env.write_config(&text);
+    env.write_config(&config_at(
+        &env,
+        echo.addr,
+        proxy.addr(),
+        "ticket_rotation = \"2h\"",
+    ));
     reload(&proxy, 2);
-    assert_eq!(session(), HandshakeKind::Full);
+    assert_eq!(connect(), HandshakeKind::Full);
 }

@@ -5,26 +5,10 @@ mod common;
 
 use std::path::Path;
 use std::process::Command;
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use rustls::client::Resumption;
-use rustls::{ClientConfig, HandshakeKind};
-
-/// A client that remembers sessions (per server name) across connections.
-fn resuming_client(env: &TestEnv, opts: &ClientOpts) -> Arc<ClientConfig> {
-    let mut cfg = (*env.client_with(opts)).clone();
-    cfg.resumption = Resumption::in_memory_sessions(64);
-    Arc::new(cfg)
-}
-
-/// Connects, echoes (which also takes in the tickets) and returns how the handshake went.
-fn session(addr: std::net::SocketAddr, cfg: &Arc<ClientConfig>) -> HandshakeKind {
-    let mut tls = tls_connect_ok(addr, cfg);
-    assert_echo(&mut tls, b"ping\n", "echo");
-    tls.conn.handshake_kind().expect("handshake finished")
-}
+use rustls::HandshakeKind;
 
 fn generate_keys(env: &TestEnv, name: &str, count: usize) -> std::path::PathBuf {
     let path = env.path(name);

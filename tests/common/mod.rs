@@ -1457,3 +1457,17 @@ pub fn num(line: &str, key: &str) -> u64 {
         .parse()
         .unwrap_or_else(|_| panic!("{key}= not a number in {line}"))
 }
+
+/// A client that remembers sessions (per server name) across connections.
+pub fn resuming_client(env: &TestEnv, opts: &ClientOpts) -> Arc<ClientConfig> {
+    let mut cfg = (*env.client_with(opts)).clone();
+    cfg.resumption = rustls::client::Resumption::in_memory_sessions(64);
+    Arc::new(cfg)
+}
+
+/// Connects, echoes (which also takes in the tickets) and returns how the handshake went.
+pub fn session(addr: SocketAddr, cfg: &Arc<ClientConfig>) -> rustls::HandshakeKind {
+    let mut tls = tls_connect_ok(addr, cfg);
+    assert_echo(&mut tls, b"ping\n", "echo");
+    tls.conn.handshake_kind().expect("handshake finished")
+}
