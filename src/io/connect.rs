@@ -15,7 +15,9 @@ use std::time::Duration;
 use io_uring::{opcode, types};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use tokio_uring::net::TcpStream;
-use tokio_uring::{OneshotOutputTransform, UnsubmittedOneshot};
+use tokio_uring::UnsubmittedOneshot;
+
+use super::Completion;
 
 use crate::config::Tunables;
 
@@ -43,25 +45,6 @@ struct ConnectData {
     _addr: Box<SockAddr>,
 }
 
-struct ConnectDone;
-
-impl OneshotOutputTransform for ConnectDone {
-    type Output = io::Result<()>;
-    type StoredData = ConnectData;
-
-    fn transform_oneshot_output(
-        self,
-        data: ConnectData,
-        cqe: io_uring::cqueue::Entry,
-    ) -> io::Result<()> {
-        drop(data);
-        match cqe.result() {
-            r if r >= 0 => Ok(()),
-            r => Err(io::Error::from_raw_os_error(-r)),
-        }
-    }
-}
-
 /// Connects to `addr` with the service's socket tunables, within `timeout`.
 pub async fn connect(
     addr: SocketAddr,
@@ -85,12 +68,12 @@ pub async fn connect(
             _socket: socket.clone(),
             _addr: addr,
         },
-        ConnectDone,
+        Completion::new(),
         sqe,
     )
     .submit();
     match tokio::time::timeout(timeout, op).await {
-        Ok(Ok(())) => {
+        Ok(Ok(_)) => {
             let socket = Rc::try_unwrap(socket).map_err(|_| {
                 ConnectError::Other(io::Error::other("connect op still holds the socket"))
             })?;

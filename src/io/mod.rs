@@ -13,3 +13,33 @@ pub mod poll;
 pub mod rusage;
 pub mod sockopt;
 pub mod splice;
+
+use std::marker::PhantomData;
+
+/// The completion of a one-shot io_uring op whose stored data `D` exists only to keep fds and
+/// buffers alive until the kernel is done: the CQE result as `io::Result<u32>` (negative =
+/// errno). The data is released when the result is delivered.
+pub(crate) struct Completion<D>(PhantomData<D>);
+
+impl<D> Completion<D> {
+    pub(crate) fn new() -> Self {
+        Completion(PhantomData)
+    }
+}
+
+impl<D> tokio_uring::OneshotOutputTransform for Completion<D> {
+    type Output = std::io::Result<u32>;
+    type StoredData = D;
+
+    fn transform_oneshot_output(
+        self,
+        data: D,
+        cqe: io_uring::cqueue::Entry,
+    ) -> std::io::Result<u32> {
+        drop(data);
+        match cqe.result() {
+            r if r >= 0 => Ok(r as u32),
+            r => Err(std::io::Error::from_raw_os_error(-r)),
+        }
+    }
+}

@@ -11,31 +11,14 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::rc::Rc;
 
 use io_uring::{opcode, types};
-use tokio_uring::{OneshotOutputTransform, UnsubmittedOneshot};
+use tokio_uring::UnsubmittedOneshot;
+
+use super::Completion;
 
 /// Never read: holding the fds until completion is the point.
 struct SpliceData {
     _from: Rc<OwnedFd>,
     _to: Rc<OwnedFd>,
-}
-
-struct SpliceDone;
-
-impl OneshotOutputTransform for SpliceDone {
-    type Output = io::Result<usize>;
-    type StoredData = SpliceData;
-
-    fn transform_oneshot_output(
-        self,
-        data: SpliceData,
-        cqe: io_uring::cqueue::Entry,
-    ) -> io::Result<usize> {
-        drop(data);
-        match cqe.result() {
-            r if r >= 0 => Ok(r as usize),
-            r => Err(io::Error::from_raw_os_error(-r)),
-        }
-    }
 }
 
 /// Splices up to `len` bytes from `from` to `to` (one of them must be a pipe).
@@ -55,11 +38,12 @@ pub async fn splice(from: &Rc<OwnedFd>, to: &Rc<OwnedFd>, len: u32) -> io::Resul
             _from: from.clone(),
             _to: to.clone(),
         },
-        SpliceDone,
+        Completion::new(),
         sqe,
     )
     .submit()
     .await
+    .map(|n| n as usize)
 }
 
 #[cfg(test)]
