@@ -122,85 +122,67 @@ impl CryptoInfo {
         seq: u64,
         secrets: &ConnectionTrafficSecrets,
     ) -> Option<CryptoInfo> {
+        let (cipher, key, iv) = match secrets {
+            ConnectionTrafficSecrets::Aes128Gcm { key, iv } => (Cipher::Aes128Gcm, key, iv),
+            ConnectionTrafficSecrets::Aes256Gcm { key, iv } => (Cipher::Aes256Gcm, key, iv),
+            ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => {
+                (Cipher::Chacha20Poly1305, key, iv)
+            }
+            _ => return None,
+        };
+        let iv: &[u8; 12] = iv.as_ref().try_into().ok()?;
+        Self::build(version, cipher, key.as_ref(), iv, seq)
+    }
+
+    /// A struct with all-zero key material, for probing what the kernel accepts (and tests).
+    pub fn dummy(version: TlsVersion, cipher: Cipher) -> CryptoInfo {
+        let key = [0u8; 32];
+        let key = match cipher {
+            Cipher::Aes128Gcm => &key[..16],
+            Cipher::Aes256Gcm | Cipher::Chacha20Poly1305 => &key[..],
+        };
+        Self::build(version, cipher, key, &[0; 12], 0).expect("key sized for the cipher")
+    }
+
+    /// Fills the uapi struct for `cipher`; `None` if `key` has the wrong length.
+    fn build(
+        version: TlsVersion,
+        cipher: Cipher,
+        key: &[u8],
+        iv: &[u8; 12],
+        seq: u64,
+    ) -> Option<CryptoInfo> {
         let info = |cipher_type| libc::tls_crypto_info {
             version: version.uapi(),
             cipher_type,
         };
         let rec_seq = seq.to_be_bytes();
-        Some(match secrets {
-            ConnectionTrafficSecrets::Aes128Gcm { key, iv } => {
-                let mut s = libc::tls12_crypto_info_aes_gcm_128 {
-                    info: info(libc::TLS_CIPHER_AES_GCM_128),
-                    iv: [0; 8],
-                    key: [0; 16],
-                    salt: [0; 4],
-                    rec_seq,
-                };
-                s.key.copy_from_slice(key.as_ref());
-                s.salt.copy_from_slice(&iv.as_ref()[..4]);
-                s.iv.copy_from_slice(&iv.as_ref()[4..]);
-                CryptoInfo::Aes128Gcm(s)
-            }
-            ConnectionTrafficSecrets::Aes256Gcm { key, iv } => {
-                let mut s = libc::tls12_crypto_info_aes_gcm_256 {
-                    info: info(libc::TLS_CIPHER_AES_GCM_256),
-                    iv: [0; 8],
-                    key: [0; 32],
-                    salt: [0; 4],
-                    rec_seq,
-                };
-                s.key.copy_from_slice(key.as_ref());
-                s.salt.copy_from_slice(&iv.as_ref()[..4]);
-                s.iv.copy_from_slice(&iv.as_ref()[4..]);
-                CryptoInfo::Aes256Gcm(s)
-            }
-            ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => {
-                let mut s = libc::tls12_crypto_info_chacha20_poly1305 {
-                    info: info(libc::TLS_CIPHER_CHACHA20_POLY1305),
-                    iv: [0; 12],
-                    key: [0; 32],
-                    salt: [0; 0],
-                    rec_seq,
-                };
-                s.key.copy_from_slice(key.as_ref());
-                s.iv.copy_from_slice(iv.as_ref());
-                CryptoInfo::Chacha20Poly1305(s)
-            }
-            _ => return None,
-        })
-    }
-
-    /// A struct with all-zero key material, for probing what the kernel accepts (and tests).
-    pub fn dummy(version: TlsVersion, cipher: Cipher) -> CryptoInfo {
-        let info = |cipher_type| libc::tls_crypto_info {
-            version: version.uapi(),
-            cipher_type,
-        };
-        match cipher {
+        let (salt, explicit) = iv.split_at(4);
+        Some(match cipher {
             Cipher::Aes128Gcm => CryptoInfo::Aes128Gcm(libc::tls12_crypto_info_aes_gcm_128 {
                 info: info(libc::TLS_CIPHER_AES_GCM_128),
-                iv: [0; 8],
-                key: [0; 16],
-                salt: [0; 4],
-                rec_seq: [0; 8],
+                iv: explicit.try_into().ok()?,
+                key: key.try_into().ok()?,
+                salt: salt.try_into().ok()?,
+                rec_seq,
             }),
             Cipher::Aes256Gcm => CryptoInfo::Aes256Gcm(libc::tls12_crypto_info_aes_gcm_256 {
                 info: info(libc::TLS_CIPHER_AES_GCM_256),
-                iv: [0; 8],
-                key: [0; 32],
-                salt: [0; 4],
-                rec_seq: [0; 8],
+                iv: explicit.try_into().ok()?,
+                key: key.try_into().ok()?,
+                salt: salt.try_into().ok()?,
+                rec_seq,
             }),
             Cipher::Chacha20Poly1305 => {
                 CryptoInfo::Chacha20Poly1305(libc::tls12_crypto_info_chacha20_poly1305 {
                     info: info(libc::TLS_CIPHER_CHACHA20_POLY1305),
-                    iv: [0; 12],
-                    key: [0; 32],
+                    iv: *iv,
+                    key: key.try_into().ok()?,
                     salt: [0; 0],
-                    rec_seq: [0; 8],
+                    rec_seq,
                 })
             }
-        }
+        })
     }
 
     fn bytes_mut(&mut self) -> &mut [u8] {
