@@ -10,6 +10,15 @@ use std::time::Duration;
 use common::*;
 use rustls::HandshakeKind;
 
+/// Two proxies for `backend` that share one generated ticket keys file.
+fn two_instances_sharing_keys(env: &TestEnv, backend: std::net::SocketAddr) -> (Proxy, Proxy) {
+    let keys = generate_keys(env, "keys", 2);
+    let line = format!("ticket_keys_file = {}", toml_path(&keys));
+    let a = env.config(backend).service(&line).start();
+    let b = env.config(backend).service(&line).start();
+    (a, b)
+}
+
 fn generate_keys(env: &TestEnv, name: &str, count: usize) -> std::path::PathBuf {
     let path = env.path(name);
     let out = run_tlsfront(
@@ -98,10 +107,7 @@ fn tickets_resume_on_every_worker() {
 fn instances_sharing_a_keys_file_resume_each_others_tickets() {
     let env = TestEnv::new();
     let echo = Backend::echo();
-    let keys = generate_keys(&env, "keys", 2);
-    let line = format!("ticket_keys_file = {}", toml_path(&keys));
-    let a = env.config(echo.addr).service(&line).start();
-    let b = env.config(echo.addr).service(&line).start();
+    let (a, b) = two_instances_sharing_keys(&env, echo.addr);
     let cfg = resuming_client(&env, &ClientOpts::tls13());
     assert_eq!(session(a.addr(), &cfg), HandshakeKind::Full);
     assert_eq!(
@@ -214,10 +220,7 @@ fn openssl_resumes_across_instances() {
     }
     let env = TestEnv::new();
     let echo = Backend::echo();
-    let keys = generate_keys(&env, "keys", 2);
-    let line = format!("ticket_keys_file = {}", toml_path(&keys));
-    let a = env.config(echo.addr).service(&line).start();
-    let b = env.config(echo.addr).service(&line).start();
+    let (a, b) = two_instances_sharing_keys(&env, echo.addr);
     let sess = env.path("sess.pem");
     let run = |addr, flag| s_client(addr, &env.ca_pem, flag, &sess);
     let first = run(a.addr(), "-sess_out");

@@ -177,9 +177,10 @@ async fn run(
         resumed = info.resumed, "handshake done"
     );
 
-    let suite = tls
-        .negotiated_suite()
-        .expect("a finished handshake has a suite");
+    // A finished handshake always has a suite; no panic path on network input regardless.
+    let Some(suite) = tls.negotiated_suite() else {
+        return CloseReason::TlsError;
+    };
     let mut offload = offload::decide(svc.ktls, rt.config.kernel_tls.as_ref(), suite);
     let mut peer_closed = peer_closed;
     if let Offload::Kernel { .. } = offload {
