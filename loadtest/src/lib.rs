@@ -1,16 +1,21 @@
-//! `tlsfront-load`: load generator for tlsfront capacity planning.
+//! `tlsfront-load`: load generator for TLS capacity planning.
 //!
-//! First version: a plaintext TCP backend (`backend`) and a bulk throughput
-//! client (`throughput`) over rustls or plain TCP, std threads only.
+//! Scenarios (`scenario/`) run on pinned worker threads, one tokio runtime each
+//! (`engine`), against any TLS or TCP endpoint; `backend` is the plaintext peer
+//! (echo, sink, source) so a full loop needs nothing else installed. `run` turns a
+//! scenario into a [`report::Report`]; `hlog` and `plot` write it in other forms.
 
 pub mod backend;
-pub mod conn;
+pub mod danger;
+pub mod engine;
+pub mod hlog;
+pub mod net;
 pub mod pattern;
+pub mod plot;
+pub mod procfs;
+pub mod progress;
 pub mod report;
-pub mod throughput;
+pub mod run;
+pub mod scenario;
+pub mod stats;
 pub mod tls;
-
-/// CPU seconds (user + system) used so far by this whole process.
-pub fn process_cpu_seconds() -> f64 {
-    tlsfront::io::rusage::process_cpu_time().as_secs_f64()
-}

@@ -1,22 +1,33 @@
-//! `tlsfront-load` command line.
+//! `tlsfront-load` command line: parse, build the scenario, run it, write the outputs, pick
+//! the exit code (0 passed, 1 the run failed or was aborted, 2 bad usage or setup).
 
 use std::io::Write;
-use std::net::ToSocketAddrs;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::Context;
-use clap::{ArgGroup, Parser, Subcommand};
+use anyhow::{bail, Context};
+use clap::{ArgGroup, Args, Parser, Subcommand};
 use tlsfront_load::backend::{Backend, Mode};
-use tlsfront_load::throughput::{self, Direction};
-use tlsfront_load::tls::{self, Trust};
+use tlsfront_load::engine::Plan;
+use tlsfront_load::report::Report;
+use tlsfront_load::run::{self, Options, Run, Scenario};
+use tlsfront_load::scenario::handshake::Handshake;
+use tlsfront_load::scenario::hold::Hold;
+use tlsfront_load::scenario::latency::Latency;
+use tlsfront_load::scenario::ramp::{self, Ramp};
+use tlsfront_load::scenario::throughput::{Direction, Throughput};
+use tlsfront_load::scenario::Target;
+use tlsfront_load::tls::{self, ClientSpec, Offer, Trust};
+use tlsfront_load::{hlog, plot};
 
 #[derive(Parser)]
 #[command(
     name = "tlsfront-load",
     version,
-    about = "Load generator for tlsfront capacity planning"
+    about = "Load generator for TLS capacity planning: handshakes, throughput, latency at a \
+             fixed rate (open model), idle connections, rate ramps"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -25,7 +36,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Plaintext TCP backend, one thread per connection. Prints `listening ADDR` first.
+    /// Plaintext TCP backend, thread per core. Prints `listening ADDR` first.
     #[command(group(ArgGroup::new("mode").required(true).args(["echo", "sink", "source"])))]
     Backend {
         #[arg(long, default_value = "127.0.0.1:9000")]
@@ -39,45 +50,196 @@ enum Command {
         /// Write the load pattern until the peer closes.
         #[arg(long)]
         source: bool,
+        /// Worker threads (default: one per CPU).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Pin the workers to these CPUs, e.g. 1 or 0,2.
+        #[arg(long, value_delimiter = ',')]
+        cpus: Vec<usize>,
+        /// Echo: hold each chunk this long before writing it back (a slow service).
+        #[arg(long, value_parser = parse_duration)]
+        delay: Option<Duration>,
+        /// With --delay: delay only every N-th chunk.
+        #[arg(long, default_value_t = 1)]
+        delay_every: u64,
         /// One line per closed connection on stderr (bytes in/out, pattern check).
         #[arg(long, short)]
         verbose: bool,
     },
-    /// Bulk throughput over N parallel connections (TLS, or plain TCP with --plain).
-    #[command(group(ArgGroup::new("trust").required(true).args(["ca", "insecure", "plain"])))]
+    /// New connections per second, each with a full handshake (or resumed with --resume).
+    Handshake {
+        #[command(flatten)]
+        target: TargetArgs,
+        #[command(flatten)]
+        run: RunArgs,
+        /// Connections in flight (closed loop), or their cap with --rate.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// Open model: start this many connections per second, latency from the intended start.
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Keep session tickets and resume with them; reports the resumed share.
+        #[arg(long)]
+        resume: bool,
+    },
+    /// Bulk transfer over long-lived streams; MB/s per direction.
     Throughput {
-        #[arg(long)]
-        connect: String,
-        /// Server name to send and verify (default: the host of --connect).
-        #[arg(long)]
-        sni: Option<String>,
-        /// Verify the server against the CA certificates in this PEM file.
-        #[arg(long)]
-        ca: Option<PathBuf>,
-        /// Accept any server certificate (benchmarking only).
-        #[arg(long)]
-        insecure: bool,
-        /// Plain TCP, no TLS (to measure a backend directly).
-        #[arg(long)]
-        plain: bool,
+        #[command(flatten)]
+        target: TargetArgs,
+        #[command(flatten)]
+        run: RunArgs,
         #[arg(long, default_value_t = 1)]
         streams: usize,
-        /// Length of the measured window: 10s, 500ms, 2m.
-        #[arg(long, default_value = "10s", value_parser = tlsfront::config::file::parse_duration)]
-        duration: Duration,
         #[arg(long, value_enum, default_value_t = Direction::Send)]
         direction: Direction,
-        /// Offer only TLS 1.3 with this suite, e.g. TLS13_AES_128_GCM_SHA256.
+    },
+    /// Request/response latency at a fixed offered rate (open model; needs an echo behind the target).
+    Latency {
+        #[command(flatten)]
+        target: TargetArgs,
+        #[command(flatten)]
+        run: RunArgs,
+        /// Requests per second over all threads.
         #[arg(long)]
-        tls13_suite: Option<String>,
-        /// Also write the report as JSON to this file.
+        rate: f64,
+        #[arg(long, default_value_t = 16)]
+        connections: usize,
+        /// Request (and response) size in bytes, at most 65536.
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+    },
+    /// Open and hold idle TLS connections; with --pid, the target's memory and fds per connection.
+    Hold {
+        #[command(flatten)]
+        target: TargetArgs,
+        #[command(flatten)]
+        run: RunArgs,
         #[arg(long)]
-        json: Option<PathBuf>,
+        connections: usize,
+        /// Handshakes in flight while opening.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// Open at most this many connections per second.
+        #[arg(long)]
+        rate: Option<f64>,
+    },
+    /// Step the offered rate until the p99 SLO or the error budget breaks.
+    Ramp {
+        #[command(flatten)]
+        target: TargetArgs,
+        #[command(flatten)]
+        run: RunArgs,
+        /// What to step: new connections/s (handshakes) or requests/s (latency).
+        #[arg(long, value_enum, default_value_t = RampOf::Connections)]
+        of: RampOf,
+        /// p99 SLO in milliseconds.
+        #[arg(long)]
+        slo_p99: f64,
+        /// First offered rate.
+        #[arg(long, default_value_t = 100.0)]
+        start: f64,
+        /// Add this much each step (default: multiply by --factor).
+        #[arg(long)]
+        step: Option<f64>,
+        #[arg(long, default_value_t = 1.5)]
+        factor: f64,
+        #[arg(long, default_value_t = 1e6)]
+        max_rate: f64,
+        /// Cap on connections in flight (connections ramp) or connections used (requests ramp).
+        #[arg(long, default_value_t = 256)]
+        concurrency: usize,
+        /// Requests ramp: request size.
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        /// Connections ramp: resume sessions.
+        #[arg(long)]
+        resume: bool,
     },
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum RampOf {
+    Connections,
+    Requests,
+}
+
+#[derive(Args)]
+#[command(group(ArgGroup::new("trust").required(true).args(["ca", "insecure", "plain"])))]
+struct TargetArgs {
+    /// host:port of the endpoint under test (any TLS server: tlsfront, HAProxy, nginx...).
+    #[arg(long)]
+    connect: String,
+    /// Server name to send and verify (default: the host of --connect).
+    #[arg(long)]
+    sni: Option<String>,
+    /// Verify the server against the CA certificates in this PEM file.
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// Accept any server certificate. FOR BENCHMARKING ONLY.
+    #[arg(long)]
+    insecure: bool,
+    /// Plain TCP, no TLS (to measure a backend directly).
+    #[arg(long)]
+    plain: bool,
+    /// Offer only these TLS versions: 1.2, 1.3 (repeat or comma-separate).
+    #[arg(long = "tls-version", value_delimiter = ',')]
+    versions: Vec<String>,
+    /// Offer only these suites: aes128gcm, aes256gcm, chacha20 or IANA names.
+    #[arg(long = "suite", value_delimiter = ',')]
+    suites: Vec<String>,
+    /// Offer only these key exchange groups: x25519, p256, p384, x25519mlkem768.
+    #[arg(long = "group", value_delimiter = ',')]
+    groups: Vec<String>,
+    /// ALPN protocols to offer.
+    #[arg(long, value_delimiter = ',')]
+    alpn: Vec<String>,
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    connect_timeout: Duration,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Worker threads, each pinned to a core (default: one per CPU).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Pin the workers to these CPUs, e.g. 1 or 0,2.
+    #[arg(long, value_delimiter = ',')]
+    cpus: Vec<usize>,
+    /// Length of the measured window (per step for ramp): 10s, 500ms, 2m.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Load before the window that is not counted.
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    warmup: Duration,
+    /// Progress and interval-log period.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    interval: Duration,
+    /// Largest share of failed operations that still passes (0.001 = 0.1%).
+    #[arg(long, default_value_t = 0.001)]
+    error_budget: f64,
+    /// The target's process id: report its CPU (per-CPU-second rates) and, for hold, memory.
+    #[arg(long)]
+    pid: Option<u32>,
+    /// Write the report as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write the latency histograms as an HdrHistogram interval log.
+    #[arg(long)]
+    hlog: Option<PathBuf>,
+    /// Draw an SVG: the latency percentile spectrum, throughput over time, or a ramp.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    /// No progress lines.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 10s, 500ms, 2m)"))
+}
+
 fn main() -> ExitCode {
-    match run(Cli::parse().command) {
+    match run_command(Cli::parse().command) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -86,13 +248,17 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(command: Command) -> anyhow::Result<ExitCode> {
+fn run_command(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Backend {
             listen,
             echo,
             sink,
             source: _,
+            threads,
+            cpus,
+            delay,
+            delay_every,
             verbose,
         } => {
             let mode = if echo {
@@ -102,60 +268,289 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             } else {
                 Mode::Source
             };
-            let backend = Backend::bind(&listen, mode).with_context(|| format!("bind {listen}"))?;
+            let mut backend = Backend::bind(&listen, mode)
+                .with_context(|| format!("bind {listen}"))?
+                .verbose(verbose)
+                .cpus(cpus)
+                .delay_every(delay_every.max(1));
+            if let Some(n) = threads {
+                backend = backend.threads(n);
+            }
+            if let Some(d) = delay {
+                backend = backend.delay(d);
+            }
             println!("listening {}", backend.local_addr()?);
             std::io::stdout().flush()?;
-            backend.verbose(verbose).run()?;
+            backend.run()?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Throughput {
-            connect,
-            sni,
-            ca,
-            insecure,
-            plain,
-            streams,
-            duration,
-            direction,
-            tls13_suite,
-            json,
+        Command::Handshake {
+            target,
+            run,
+            concurrency,
+            rate,
+            resume,
         } => {
-            let addr = connect
-                .to_socket_addrs()
-                .with_context(|| format!("resolve {connect}"))?
-                .next()
-                .context("no address")?;
-            let tls = if plain {
-                None
-            } else {
-                let trust = match &ca {
-                    Some(path) => Trust::CaFile(path),
-                    None => Trust::Insecure,
-                };
-                if insecure {
-                    eprintln!("{}", tls::INSECURE_WARNING);
-                }
-                let config = tls::client_config(trust, tls13_suite.as_deref())?;
-                Some((config, tls::server_name(sni.as_deref(), &connect)?))
-            };
-            let cfg = throughput::Config {
-                connect: addr,
-                tls,
-                streams,
-                duration,
-                direction,
-            };
-            let report = throughput::run(&cfg);
-            report.print(&mut std::io::stdout())?;
-            if let Some(path) = json {
-                std::fs::write(&path, serde_json::to_string_pretty(&report)?)
-                    .with_context(|| format!("write {}", path.display()))?;
-            }
-            Ok(if report.failed() {
-                ExitCode::FAILURE
-            } else {
-                ExitCode::SUCCESS
-            })
+            let t = target.build()?;
+            let scenario = Scenario::Handshake(Handshake {
+                target: t.target,
+                concurrency,
+                rate,
+                resume,
+            });
+            single(scenario, &run, t.transport)
         }
+        Command::Throughput {
+            target,
+            run,
+            streams,
+            direction,
+        } => {
+            let t = target.build()?;
+            let scenario = Scenario::Throughput(Throughput {
+                target: t.target,
+                streams,
+                direction,
+            });
+            single(scenario, &run, t.transport)
+        }
+        Command::Latency {
+            target,
+            run,
+            rate,
+            connections,
+            size,
+        } => {
+            check_size(size)?;
+            if rate <= 0.0 {
+                bail!("--rate must be positive");
+            }
+            let t = target.build()?;
+            let scenario = Scenario::Latency(Latency {
+                target: t.target,
+                connections,
+                rate,
+                size,
+            });
+            single(scenario, &run, t.transport)
+        }
+        Command::Hold {
+            target,
+            run,
+            connections,
+            concurrency,
+            rate,
+        } => {
+            let t = target.build()?;
+            raise_fd_limit(connections + 1024);
+            let scenario = Scenario::Hold(Hold {
+                target: t.target,
+                connections,
+                concurrency,
+                rate,
+            });
+            single(scenario, &run, t.transport)
+        }
+        Command::Ramp {
+            target,
+            run,
+            of,
+            slo_p99,
+            start,
+            step,
+            factor,
+            max_rate,
+            concurrency,
+            size,
+            resume,
+        } => {
+            check_size(size)?;
+            if start <= 0.0 || (step.is_none() && factor <= 1.0) {
+                bail!("--start must be positive and --factor above 1 (or give --step)");
+            }
+            let t = target.build()?;
+            let scenario = match of {
+                RampOf::Connections => Scenario::Handshake(Handshake {
+                    target: t.target,
+                    concurrency,
+                    rate: Some(start),
+                    resume,
+                }),
+                RampOf::Requests => Scenario::Latency(Latency {
+                    target: t.target,
+                    connections: concurrency,
+                    rate: start,
+                    size,
+                }),
+            };
+            let ramp = Ramp {
+                scenario,
+                start,
+                step,
+                factor,
+                max: max_rate,
+                slo_p99_ms: slo_p99,
+            };
+            let opts = run.options(t.transport);
+            let report = ramp::run(&ramp, &opts)?;
+            report.print(&mut std::io::stdout())?;
+            if let Some(path) = &run.json {
+                report.write_json(path)?;
+                eprintln!("wrote {}", path.display());
+            }
+            if let (Some(path), Some(r)) = (&run.plot, &report.ramp) {
+                plot::ramp(path, &r.unit, &r.steps, r.slo_p99_ms)?;
+                eprintln!("wrote {}", path.display());
+            }
+            Ok(exit(&report))
+        }
+    }
+}
+
+struct BuiltTarget {
+    target: Target,
+    transport: String,
+}
+
+impl TargetArgs {
+    fn build(&self) -> anyhow::Result<BuiltTarget> {
+        let addr = resolve(&self.connect)?;
+        let (tls, transport) = if self.plain {
+            (None, "plain TCP".to_string())
+        } else {
+            let (trust, transport) = match &self.ca {
+                Some(path) => (
+                    Trust::CaFile(path.clone()),
+                    format!("TLS, verified against {}", path.display()),
+                ),
+                None => {
+                    eprintln!("{}", tls::INSECURE_WARNING);
+                    (
+                        Trust::Insecure,
+                        "TLS, certificate NOT verified (--insecure)".to_string(),
+                    )
+                }
+            };
+            let offer = Offer {
+                versions: self.versions.clone(),
+                suites: self.suites.clone(),
+                groups: self.groups.clone(),
+                alpn: self.alpn.clone(),
+            };
+            let name = tls::server_name(self.sni.as_deref(), &self.connect)?;
+            (Some(ClientSpec::new(&trust, &offer, name)?), transport)
+        };
+        Ok(BuiltTarget {
+            target: Target {
+                addr,
+                tls,
+                connect_timeout: self.connect_timeout,
+            },
+            transport,
+        })
+    }
+}
+
+fn resolve(connect: &str) -> anyhow::Result<SocketAddr> {
+    connect
+        .to_socket_addrs()
+        .with_context(|| format!("resolving --connect {connect}"))?
+        .next()
+        .with_context(|| format!("--connect {connect}: no address"))
+}
+
+impl RunArgs {
+    fn options(&self, transport: String) -> Options {
+        let threads = self
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        Options {
+            plan: Plan {
+                threads,
+                cpus: self.cpus.clone(),
+                warmup: self.warmup,
+                duration: self.duration,
+                interval: self.interval.max(Duration::from_millis(100)),
+                grace: Duration::from_secs(3),
+            },
+            quiet: self.quiet,
+            pid: self.pid,
+            error_budget: self.error_budget,
+            transport,
+        }
+    }
+}
+
+/// Run one scenario and write every requested output, also when the run failed.
+fn single(scenario: Scenario, args: &RunArgs, transport: String) -> anyhow::Result<ExitCode> {
+    let opts = args.options(transport);
+    let Run { report, outcome } = run::run(&scenario, &opts)?;
+    report.print(&mut std::io::stdout())?;
+    std::io::stdout().flush()?;
+    if let Some(path) = &args.json {
+        report.write_json(path)?;
+        eprintln!("wrote {}", path.display());
+    }
+    if let Some(path) = &args.hlog {
+        hlog::write(path, outcome.started, &outcome.intervals)?;
+        eprintln!("wrote {}", path.display());
+    }
+    if let Some(path) = &args.plot {
+        let title = format!(
+            "{} {} ({})",
+            report.scenario, report.target, report.transport
+        );
+        if report.scenario == "throughput" {
+            plot::timeline(path, &title, &report.intervals)?;
+        } else {
+            let service_name = "service time (what a closed loop reports)";
+            let mut series = vec![("latency from intended start", &outcome.total.latency)];
+            if report.scenario == "latency" {
+                series.push((service_name, &outcome.total.service));
+            }
+            plot::spectrum(path, &title, &series)?;
+        }
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(exit(&report))
+}
+
+fn exit(report: &Report) -> ExitCode {
+    if report.failed.is_some() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn check_size(size: usize) -> anyhow::Result<()> {
+    if size == 0 || size > tlsfront_load::pattern::CHUNK {
+        bail!("--size must be 1..=65536 bytes");
+    }
+    Ok(())
+}
+
+/// Holding many connections needs as many fds: raise the soft limit toward the hard one.
+fn raise_fd_limit(want: usize) {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let lim = getrlimit(Resource::Nofile);
+    let want = want as u64;
+    if lim.current.is_some_and(|c| c >= want) {
+        return;
+    }
+    let new = lim.maximum.map_or(want, |m| m.min(want));
+    if setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: Some(new),
+            maximum: lim.maximum,
+        },
+    )
+    .is_err()
+        || new < want
+    {
+        eprintln!(
+            "warning: open files limited to {new}, fewer than the {want} this run needs (ulimit -n)"
+        );
     }
 }

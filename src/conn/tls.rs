@@ -453,8 +453,8 @@ mod tests {
         }
     }
 
-    fn accept_any() -> Arc<crate::tls::danger::AcceptAnyServerCert> {
-        Arc::new(crate::tls::danger::AcceptAnyServerCert::new(Arc::new(
+    fn accept_any() -> Arc<tlsfront_load::danger::AcceptAnyServerCert> {
+        Arc::new(tlsfront_load::danger::AcceptAnyServerCert::new(Arc::new(
             rustls::crypto::aws_lc_rs::default_provider(),
         )))
     }

@@ -3,7 +3,6 @@
 //! Everything here runs at configuration time; errors say which policy field is at fault so
 //! the config layer can point at the right line.
 
-pub mod danger;
 pub mod tickets;
 
 use std::path::{Path, PathBuf};

@@ -928,7 +928,7 @@ impl ClientOpts {
 /// Only for the tests of the ephemeral self-signed cert.
 pub fn insecure_client() -> Arc<ClientConfig> {
     let provider = Arc::new(provider::default_provider());
-    let verifier = Arc::new(tlsfront::tls::danger::AcceptAnyServerCert::new(
+    let verifier = Arc::new(tlsfront_load::danger::AcceptAnyServerCert::new(
         provider.clone(),
     ));
     let cfg = ClientConfig::builder_with_provider(provider)

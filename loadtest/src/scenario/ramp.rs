@@ -1,0 +1,131 @@
+//! Step the offered rate (new connections/s, or requests/s) until the p99 SLO or the error
+//! budget breaks; the answer is the highest rate that held both.
+
+use crate::report::{RampReport, RampStep, Report};
+use crate::run::{self, Options, Scenario};
+use crate::stats::Counts;
+
+#[derive(Clone)]
+pub struct Ramp {
+    /// A handshake or latency scenario; its rate is set for each step.
+    pub scenario: Scenario,
+    pub start: f64,
+    /// Added each step; when `None`, `factor` multiplies instead.
+    pub step: Option<f64>,
+    pub factor: f64,
+    pub max: f64,
+    pub slo_p99_ms: f64,
+}
+
+impl Ramp {
+    fn unit(&self) -> &'static str {
+        match self.scenario {
+            Scenario::Handshake(_) => "connections",
+            _ => "requests",
+        }
+    }
+
+    fn at(&self, rate: f64) -> Scenario {
+        let mut s = self.scenario.clone();
+        match &mut s {
+            Scenario::Handshake(h) => h.rate = Some(rate),
+            Scenario::Latency(l) => l.rate = rate,
+            _ => {}
+        }
+        s
+    }
+
+    fn next(&self, rate: f64) -> f64 {
+        match self.step {
+            Some(step) => rate + step,
+            None => rate * self.factor,
+        }
+    }
+}
+
+/// Run the steps (each with `opts.plan`'s warm-up and duration) and report them.
+pub fn run(ramp: &Ramp, opts: &Options) -> anyhow::Result<Report> {
+    let mut steps = Vec::new();
+    let mut sustainable = None;
+    let mut best: Option<Report> = None;
+    let mut totals = Counts::default();
+    let mut rate = ramp.start;
+    let stop;
+    loop {
+        let run = run::run(&ramp.at(rate), opts)?;
+        let r = run.report;
+        let attempts = (r.counts.ok + r.counts.errors).max(1);
+        let error_share = r.counts.errors as f64 / attempts as f64;
+        let p99 = r.latency.map_or(f64::INFINITY, |l| l.p99);
+        let ok = r.aborted.is_none() && p99 <= ramp.slo_p99_ms && error_share <= opts.error_budget;
+        steps.push(RampStep {
+            offered: rate,
+            achieved: r.rates.ops_per_s,
+            p99_ms: if p99.is_finite() { p99 } else { 0.0 },
+            error_share,
+            ok,
+        });
+        if !opts.quiet {
+            eprintln!(
+                "ramp step {rate:.0} {}/s: achieved {:.0}/s, p99 {p99:.3} ms, errors {:.2}% → {}",
+                ramp.unit(),
+                r.rates.ops_per_s,
+                error_share * 100.0,
+                if ok { "ok" } else { "broken" }
+            );
+        }
+        totals.ok += r.counts.ok;
+        totals.resumed += r.counts.resumed;
+        totals.errors += r.counts.errors;
+        totals.sent += r.counts.sent;
+        totals.received += r.counts.received;
+        if !ok {
+            stop = if r.aborted.is_some() {
+                format!(
+                    "stopped at {rate:.0}/s: {}",
+                    r.aborted.as_deref().unwrap_or_default()
+                )
+            } else if p99 > ramp.slo_p99_ms {
+                format!("p99 {p99:.3} ms over the SLO at {rate:.0}/s")
+            } else {
+                format!(
+                    "error share {:.2}% over the budget at {rate:.0}/s",
+                    error_share * 100.0
+                )
+            };
+            if best.is_none() {
+                best = Some(r);
+            }
+            break;
+        }
+        sustainable = Some(rate);
+        best = Some(r);
+        let next = ramp.next(rate);
+        if next > ramp.max || next <= rate {
+            stop = format!("reached --max-rate {:.0} with the SLO held", ramp.max);
+            break;
+        }
+        rate = next;
+    }
+    // The report's figures are those of the highest sustainable step (or the first step).
+    let mut report = best.unwrap_or_default();
+    report.scenario = "ramp".into();
+    report
+        .settings
+        .insert("ramp_of".into(), ramp.scenario.name().into());
+    report.settings.remove("rate");
+    report.counts = totals;
+    report.aborted = None;
+    report.failed = sustainable
+        .is_none()
+        .then(|| format!("no step held the SLO: {stop}"));
+    report.ramp = Some(RampReport {
+        unit: ramp.unit().into(),
+        slo_p99_ms: ramp.slo_p99_ms,
+        error_budget: opts.error_budget,
+        steps,
+        sustainable,
+        stop,
+    });
+    Ok(report)
+}
