@@ -8,12 +8,14 @@
 //! - [`io`]: the only module allowed `unsafe`: io_uring ops tokio-uring lacks, socket options.
 //! - [`worker`]: thread-per-core workers: pinned threads, SO_REUSEPORT listeners, relay, drain.
 //! - [`obs`]: per-worker counters and logging set-up.
+//! - [`demo`]: `tlsfront demo`, the whole loop on loopback with tlsfront-load.
 //! - [`server`]: start-up and lifecycle glue used by the binary (bind, spawn, signals).
 #![deny(unsafe_code)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 pub mod config;
 pub mod conn;
+pub mod demo;
 pub mod echo;
 pub mod io;
 pub mod obs;

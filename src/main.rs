@@ -48,6 +48,18 @@ enum Command {
         #[arg(long, short = 'c')]
         config: PathBuf,
     },
+    /// Start an echo backend and tlsfront on loopback, load them briefly, print the results.
+    Demo {
+        /// Measured time per step (five steps).
+        #[arg(long, default_value = "3s", value_parser = parse_demo_duration)]
+        duration: std::time::Duration,
+        /// Where the certificates, config, JSON report and plot go.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// No progress lines.
+        #[arg(long, short)]
+        quiet: bool,
+    },
     /// Session ticket key files for `ticket_keys_file`.
     TicketKeys {
         #[command(subcommand)]
@@ -82,9 +94,48 @@ fn generate_ticket_keys(out: &std::path::Path, count: usize) -> Result<(), Strin
         .map_err(|e| format!("cannot write {}: {e}", out.display()))
 }
 
+fn parse_demo_duration(text: &str) -> Result<std::time::Duration, String> {
+    let d = config::file::parse_duration(text)?;
+    if d.is_zero() || d > std::time::Duration::from_secs(600) {
+        return Err("between 1ms and 10m".into());
+    }
+    Ok(d)
+}
+
+fn demo(step: std::time::Duration, out: Option<PathBuf>, quiet: bool) -> ExitCode {
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("error: cannot find this program's path: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let opts = tlsfront::demo::DemoOptions {
+        exe,
+        out: out.unwrap_or_else(|| std::env::temp_dir().join("tlsfront-demo")),
+        step,
+        quiet,
+    };
+    match tlsfront::demo::run(&opts) {
+        Ok(done) => {
+            let _ = tlsfront::demo::print_summary(&mut std::io::stdout(), &done);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: demo: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Demo {
+            duration,
+            out,
+            quiet,
+        } => demo(duration, out, quiet),
         Command::TicketKeys {
             command: TicketKeysCommand::Generate { out, count },
         } => match generate_ticket_keys(&out, count) {
