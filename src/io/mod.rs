@@ -10,7 +10,6 @@ pub mod connect;
 pub mod ktls;
 pub mod pipe;
 pub mod poll;
-pub mod rusage;
 pub mod sockopt;
 pub mod splice;
 
