@@ -352,22 +352,27 @@ fn handshake_ramp_through_tlsfront_reaches_its_max() {
 // The command line
 // ---------------------------------------------------------------------------------------------
 
-/// The `tlsfront-load` binary next to this test's (cargo test --workspace builds it; a lone
-/// `cargo test --test load` builds it here).
+/// The `tlsfront-load` binary next to this test's, built (or found up to date) by cargo.
 fn load_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
         let exe = std::env::current_exe().unwrap();
         let dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
         let bin = dir.join("tlsfront-load");
-        if !bin.exists() {
-            let mut cmd = Command::new(env!("CARGO"));
-            cmd.args(["build", "-p", "tlsfront-load", "--bin", "tlsfront-load"]);
-            if dir.ends_with("release") {
-                cmd.arg("--release");
-            }
-            assert!(cmd.status().unwrap().success(), "building tlsfront-load");
+        // Always ask cargo: a binary left from an older build would test old code.
+        let mut cmd = Command::new(env!("CARGO"));
+        cmd.args([
+            "build",
+            "-q",
+            "-p",
+            "tlsfront-load",
+            "--bin",
+            "tlsfront-load",
+        ]);
+        if dir.ends_with("release") {
+            cmd.arg("--release");
         }
+        assert!(cmd.status().unwrap().success(), "building tlsfront-load");
         bin
     })
 }
@@ -709,4 +714,114 @@ fn demo_runs_the_whole_loop_and_writes_its_results() {
     assert!(out
         .stdout
         .contains(&out_dir.join("demo.json").display().to_string()));
+}
+
+#[test]
+fn cli_interrupted_run_still_reports_and_writes_json() {
+    let env = TestEnv::new();
+    let (echo, _) = backend(Mode::Echo);
+    let proxy = env.config(echo).start();
+    let json = env.path("interrupted.json");
+    let child = Command::new(load_bin())
+        .args([
+            "handshake",
+            "--connect",
+            &proxy.addr().to_string(),
+            "--sni",
+            "localhost",
+            "--ca",
+            env.ca_pem.to_str().unwrap(),
+            "--duration",
+            "60s",
+            "--threads",
+            "1",
+            "--concurrency",
+            "2",
+            "--json",
+            json.to_str().unwrap(),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let pid = rustix::process::Pid::from_child(&child);
+    rustix::process::kill_process(pid, Signal::INT).unwrap();
+    let started = std::time::Instant::now();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "stopped promptly"
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("ABORTED      interrupted"),
+        "{}",
+        text(&out.stdout)
+    );
+    let report: Report = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(report.aborted.as_deref(), Some("interrupted"));
+    assert!(report.counts.ok > 0 && report.window_s < 5.0, "{report:#?}");
+}
+
+#[test]
+fn handshake_offers_the_version_suite_group_and_alpn_asked_for() {
+    let env = TestEnv::new();
+    let (echo, _) = backend(Mode::Echo);
+    let proxy = env
+        .config(echo)
+        .service("alpn = [\"h2\", \"imap\"]")
+        .start();
+    let opts = options(Duration::from_millis(500), Duration::ZERO, None);
+    for (versions, suite, group, alpn, expect) in [
+        (
+            "1.3",
+            "chacha20",
+            "p256",
+            "imap",
+            ("TLSv1_3", "TLS13_CHACHA20_POLY1305_SHA256", "secp256r1"),
+        ),
+        (
+            "1.3",
+            "aes128gcm",
+            "x25519mlkem768",
+            "h2",
+            ("TLSv1_3", "TLS13_AES_128_GCM_SHA256", "X25519MLKEM768"),
+        ),
+        (
+            "1.2",
+            "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+            "x25519",
+            "imap",
+            (
+                "TLSv1_2",
+                "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+                "X25519",
+            ),
+        ),
+    ] {
+        let offer = Offer {
+            versions: vec![versions.into()],
+            suites: vec![suite.into()],
+            groups: vec![group.into()],
+            alpn: vec![alpn.into()],
+        };
+        let r = go(
+            Scenario::Handshake(Handshake {
+                target: tls_target(&env, proxy.addr(), offer),
+                concurrency: 2,
+                rate: None,
+                resume: false,
+            }),
+            &opts,
+        )
+        .report;
+        passed(&r);
+        let n = r.negotiated.unwrap();
+        assert_eq!(
+            (n.version.as_str(), n.suite.as_str(), n.group.as_str()),
+            expect
+        );
+        assert_eq!(n.alpn.as_deref(), Some(alpn));
+    }
 }

@@ -12,7 +12,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -20,6 +20,13 @@ use tokio::sync::watch;
 
 use crate::stats::Sample;
 use crate::tls::Negotiated;
+
+/// Set (by a SIGINT handler, say) to end the current run early; its results are still
+/// reported, with `aborted` saying it was interrupted.
+pub fn interrupted() -> &'static Arc<AtomicBool> {
+    static FLAG: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+    FLAG.get_or_init(|| Arc::new(AtomicBool::new(false)))
+}
 
 /// Time shape and placement of a run.
 #[derive(Clone, Debug)]
@@ -252,6 +259,9 @@ pub fn run(
             }
         }
     }
+    if interrupted().load(Ordering::Relaxed) && out.aborted.is_none() {
+        out.aborted = Some("interrupted".into());
+    }
     for h in handles {
         if h.join().is_err() {
             anyhow::bail!("a load worker thread panicked");
@@ -310,7 +320,7 @@ fn worker(
                     break;
                 }
                 tokio::time::sleep_until(due.min(now + Duration::from_millis(50))).await;
-                if abort.load(Ordering::Relaxed) {
+                if abort.load(Ordering::Relaxed) || interrupted().load(Ordering::Relaxed) {
                     let sample = std::mem::take(&mut *rec.borrow_mut());
                     let to = start.elapsed();
                     let _ = tx.send(Msg::Interval { index, to, sample });

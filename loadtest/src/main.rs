@@ -239,7 +239,17 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 fn main() -> ExitCode {
-    match run_command(Cli::parse().command) {
+    let cli = Cli::parse();
+    if !matches!(cli.command, Command::Backend { .. }) {
+        // Ctrl-C ends the run early but still reports and writes what it measured; a
+        // second Ctrl-C exits at once.
+        let flag = tlsfront_load::engine::interrupted().clone();
+        for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+            let _ = signal_hook::flag::register_conditional_shutdown(sig, 130, flag.clone());
+            let _ = signal_hook::flag::register(sig, flag.clone());
+        }
+    }
+    match run_command(cli.command) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
