@@ -1,5 +1,5 @@
-//! A pure ClientHello peek: reads the server name and ALPN offer from the first TLS record
-//! without consuming anything. It never panics on any input and can say "need more bytes".
+//! A pure ClientHello peek: reads the server name, ALPN offer and cipher suite list from the
+//! first TLS record without consuming anything. It never panics on any input and can say "need more bytes".
 //!
 //! Only a ClientHello carried whole in the first record is parsed (every mainstream client
 //! sends it that way); one split across records reports [`Peek::Fragmented`].
@@ -21,9 +21,18 @@ pub struct ClientHello<'a> {
     pub sni: Option<&'a str>,
     /// The ALPN extension's protocol list, still encoded (u8 length-prefixed names).
     pub alpn_raw: Option<&'a [u8]>,
+    /// The offered cipher suites, still encoded (big-endian u16 each), in client order.
+    pub suites_raw: &'a [u8],
 }
 
 impl<'a> ClientHello<'a> {
+    /// The offered cipher suite codes, in client order.
+    pub fn cipher_suites(&self) -> impl Iterator<Item = u16> + 'a {
+        self.suites_raw
+            .chunks_exact(2)
+            .map(|c| u16::from_be_bytes([c[0], c[1]]))
+    }
+
     /// The offered ALPN protocols, in client order.
     pub fn alpn(&self) -> impl Iterator<Item = &'a [u8]> {
         let mut rest = self.alpn_raw.unwrap_or_default();
@@ -113,11 +122,12 @@ fn parse_body(body: &[u8]) -> Option<ClientHello<'_>> {
     let mut r = Reader(body);
     r.take(2 + 32)?; // legacy_version, random
     r.vec8()?; // legacy_session_id
-    r.vec16()?; // cipher_suites
+    let suites_raw = r.vec16()?;
     r.vec8()?; // legacy_compression_methods
     let mut hello = ClientHello {
         sni: None,
         alpn_raw: None,
+        suites_raw,
     };
     if r.0.is_empty() {
         return Some(hello); // no extensions (very old clients)
@@ -181,6 +191,22 @@ mod tests {
             hello.alpn().collect::<Vec<_>>(),
             vec![&b"h2"[..], &b"postgresql"[..]]
         );
+    }
+
+    #[test]
+    fn reads_the_cipher_suites_in_client_order() {
+        let bytes = rustls_client_hello("localhost", &[]);
+        let Peek::Hello(hello) = peek(&bytes) else {
+            panic!("expected a ClientHello");
+        };
+        let expected: Vec<u16> = rustls::crypto::aws_lc_rs::default_provider()
+            .cipher_suites
+            .iter()
+            .map(|s| u16::from(s.suite()))
+            .collect();
+        let offered: Vec<u16> = hello.cipher_suites().collect();
+        // rustls appends the TLS_EMPTY_RENEGOTIATION_INFO_SCSV signalling value.
+        assert_eq!(&offered[..expected.len()], &expected[..]);
     }
 
     #[test]
