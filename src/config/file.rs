@@ -45,6 +45,7 @@ pub struct ServiceSection {
     pub min_version: Option<String>,
     pub max_version: Option<String>,
     pub ciphers: Option<Vec<String>>,
+    pub cipher_preference: Option<String>,
     pub groups: Option<Vec<String>>,
     pub alpn: Option<Vec<String>>,
     pub buffer_size: Option<SizeValue>,

@@ -97,6 +97,9 @@ pub struct Service {
     pub listen_origin: String,
     pub backend: Backend,
     pub tls: Arc<rustls::ServerConfig>,
+    /// `cipher_preference = "auto"` where AES-GCM is accelerated: the same config with
+    /// ChaCha20 first, for clients that list ChaCha20 before AES-GCM.
+    pub tls_chacha_first: Option<Arc<rustls::ServerConfig>>,
     /// The served chain and key; workers build their own config copies from it.
     pub certified: Arc<rustls::sign::CertifiedKey>,
     /// SHA-256 of the leaf certificate, hex.
@@ -514,6 +517,9 @@ impl Builder<'_> {
         })?;
 
         if let Some(t) = ticketer {
+            if let Some(c) = &mut built.chacha_first {
+                c.ticketer = t.clone();
+            }
             built.config.ticketer = t;
         }
         Ok(Service {
@@ -522,6 +528,7 @@ impl Builder<'_> {
             listen_origin,
             backend,
             tls: Arc::new(built.config),
+            tls_chacha_first: built.chacha_first.map(Arc::new),
             certified: built.certified,
             cert_sha256: built.cert_sha256,
             ephemeral_cert: matches!(source, CertSource::Ephemeral),
@@ -622,10 +629,21 @@ impl Builder<'_> {
         if min > max {
             return Err(self.err(sec, "max_version", "max_version is below min_version"));
         }
+        let preference = match raw.cipher_preference.as_deref() {
+            None => tls::CipherPreference::default(),
+            Some(text) => tls::CipherPreference::parse(text).ok_or_else(|| {
+                self.err(
+                    sec,
+                    "cipher_preference",
+                    format!("must be \"auto\", \"server\" or \"client\", got {text:?}"),
+                )
+            })?,
+        };
         Ok(TlsPolicy {
             min_version: min,
             max_version: max,
             ciphers: raw.ciphers.clone(),
+            preference,
             groups: raw.groups.clone(),
             alpn: raw.alpn.clone().unwrap_or_default(),
         })

@@ -3,6 +3,8 @@
 //! Everything here runs at configuration time; errors say which policy field is at fault so
 //! the config layer can point at the right line.
 
+pub mod cpu;
+pub mod measure;
 pub mod tickets;
 
 use std::path::{Path, PathBuf};
@@ -44,6 +46,7 @@ pub struct TlsPolicy {
     pub min_version: Version,
     pub max_version: Version,
     pub ciphers: Option<Vec<String>>,
+    pub preference: CipherPreference,
     pub groups: Option<Vec<String>>,
     pub alpn: Vec<String>,
 }
@@ -54,10 +57,71 @@ impl Default for TlsPolicy {
             min_version: Version::Tls12,
             max_version: Version::Tls13,
             ciphers: None,
+            preference: CipherPreference::default(),
             groups: None,
             alpn: Vec::new(),
         }
     }
+}
+
+/// `cipher_preference`: whose order picks the suite.
+///
+/// - `auto` (default): AES-GCM and ChaCha20-Poly1305 are of equal rank (BoringSSL's
+///   equal-preference idea) and the CPU breaks the tie: where AES-GCM is accelerated it goes
+///   first, unless the client lists a ChaCha20 suite before every AES-GCM suite (a client
+///   without AES hardware says so by its order), which then gets ChaCha20. Without AES
+///   acceleration ChaCha20 goes first. Otherwise the configured order holds.
+/// - `server`: the configured `ciphers` order (or rustls's default order) wins.
+/// - `client`: the client's order wins among the configured suites.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CipherPreference {
+    #[default]
+    Auto,
+    Server,
+    Client,
+}
+
+impl CipherPreference {
+    pub fn parse(text: &str) -> Option<Self> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "auto" => Some(Self::Auto),
+            "server" => Some(Self::Server),
+            "client" => Some(Self::Client),
+            _ => None,
+        }
+    }
+}
+
+fn is_chacha(suite: SupportedCipherSuite) -> bool {
+    suite_name(suite).contains("CHACHA20")
+}
+
+/// Stable partition: ChaCha20 suites first when `chacha_first`, else AES-GCM (and anything
+/// else) first; the configured order holds within each family.
+fn order_families(
+    suites: &[SupportedCipherSuite],
+    chacha_first: bool,
+) -> Vec<SupportedCipherSuite> {
+    let (chacha, other): (Vec<_>, Vec<_>) = suites.iter().copied().partition(|s| is_chacha(*s));
+    if chacha_first {
+        chacha.into_iter().chain(other).collect()
+    } else {
+        other.into_iter().chain(chacha).collect()
+    }
+}
+
+/// Whether a ClientHello's suite list (codes, client order) puts ChaCha20 before AES-GCM.
+pub fn client_prefers_chacha(suites: impl IntoIterator<Item = u16>) -> bool {
+    for code in suites {
+        let name = rustls::CipherSuite::from(code).as_str().unwrap_or("");
+        if name.contains("CHACHA20") {
+            return true;
+        }
+        if name.contains("AES") && name.contains("GCM") {
+            return false;
+        }
+    }
+    false
 }
 
 /// Where the server certificate comes from.
@@ -97,6 +161,9 @@ fn fail<T>(field: PolicyField, message: impl Into<String>) -> Result<T, PolicyEr
 
 pub struct BuiltConfig {
     pub config: ServerConfig,
+    /// `auto` on an AES-accelerated CPU: the variant with ChaCha20 first (see
+    /// [`CipherPreference`]).
+    pub chacha_first: Option<ServerConfig>,
     /// The certificate chain and key the config serves (for per-worker copies).
     pub certified: Arc<CertifiedKey>,
     pub cert_sha256: String,
@@ -124,6 +191,16 @@ pub fn per_worker_config(
         rustls::server::ServerSessionMemoryCache::new(session_cache_size)
     };
     config.cert_resolver = Arc::new(SingleCert(Arc::new(certified.clone())));
+    Arc::new(config)
+}
+
+/// A worker's copy of a variant of `primary` (same service, another suite order): it shares
+/// the worker's session cache and certificate, so sessions resume across variants.
+pub fn per_worker_variant(variant: &ServerConfig, primary: &ServerConfig) -> Arc<ServerConfig> {
+    let mut config = variant.clone();
+    config.enable_secret_extraction = primary.enable_secret_extraction;
+    config.session_storage = primary.session_storage.clone();
+    config.cert_resolver = primary.cert_resolver.clone();
     Arc::new(config)
 }
 
@@ -359,16 +436,6 @@ pub fn build_server_config(
             .unwrap_or_default(),
     );
     let certified = Arc::new(certified);
-    let mut config = ServerConfig::builder_with_provider(Arc::new(provider))
-        .with_protocol_versions(&versions)
-        .or_else(|e| {
-            fail(
-                PolicyField::Versions,
-                format!("inconsistent TLS policy: {e}"),
-            )
-        })?
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(SingleCert(certified.clone())));
     for proto in &policy.alpn {
         if proto.is_empty() || proto.len() > 255 {
             return fail(
@@ -377,9 +444,44 @@ pub fn build_server_config(
             );
         }
     }
-    config.alpn_protocols = policy.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    let accelerated = cpu::aes_gcm_accelerated();
+    let (order, variant) = match policy.preference {
+        CipherPreference::Auto if accelerated => {
+            let has_both = provider.cipher_suites.iter().any(|s| is_chacha(*s))
+                && provider.cipher_suites.iter().any(|s| !is_chacha(*s));
+            (Some(false), has_both)
+        }
+        CipherPreference::Auto => (Some(true), false),
+        CipherPreference::Server | CipherPreference::Client => (None, false),
+    };
+    let assemble = |chacha_first: Option<bool>| {
+        let mut p = provider.clone();
+        if let Some(chacha_first) = chacha_first {
+            p.cipher_suites = order_families(&p.cipher_suites, chacha_first);
+        }
+        let mut config = ServerConfig::builder_with_provider(Arc::new(p))
+            .with_protocol_versions(&versions)
+            .or_else(|e| {
+                fail(
+                    PolicyField::Versions,
+                    format!("inconsistent TLS policy: {e}"),
+                )
+            })?
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(SingleCert(certified.clone())));
+        config.ignore_client_order = policy.preference != CipherPreference::Client;
+        config.alpn_protocols = policy.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+        Ok(config)
+    };
+    let config = assemble(order)?;
+    let chacha_first = if variant {
+        Some(assemble(Some(true))?)
+    } else {
+        None
+    };
     Ok(BuiltConfig {
         config,
+        chacha_first,
         certified,
         cert_sha256,
     })
@@ -388,6 +490,79 @@ pub fn build_server_config(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chacha_preference_is_read_from_the_first_aead_family_listed() {
+        use rustls::CipherSuite as C;
+        let codes = |l: &[C]| l.iter().map(|c| u16::from(*c)).collect::<Vec<_>>();
+        let prefers = |l: &[C]| client_prefers_chacha(codes(l));
+        assert!(prefers(&[
+            C::TLS13_CHACHA20_POLY1305_SHA256,
+            C::TLS13_AES_128_GCM_SHA256
+        ]));
+        assert!(!prefers(&[
+            C::TLS13_AES_256_GCM_SHA384,
+            C::TLS13_CHACHA20_POLY1305_SHA256
+        ]));
+        // Suites of neither family do not decide (CCM, CBC, signalling values).
+        assert!(prefers(&[
+            C::TLS13_AES_128_CCM_SHA256,
+            C::TLS_EMPTY_RENEGOTIATION_INFO_SCSV,
+            C::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+            C::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        ]));
+        assert!(!prefers(&[]));
+    }
+
+    #[test]
+    fn families_move_as_blocks_and_keep_their_inner_order() {
+        use provider::cipher_suite as s;
+        let all = [
+            s::TLS13_AES_256_GCM_SHA384,
+            s::TLS13_CHACHA20_POLY1305_SHA256,
+            s::TLS13_AES_128_GCM_SHA256,
+            s::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+        ];
+        let names =
+            |v: Vec<SupportedCipherSuite>| v.into_iter().map(suite_name).collect::<Vec<_>>();
+        assert_eq!(
+            names(order_families(&all, true)),
+            [
+                "TLS13_CHACHA20_POLY1305_SHA256",
+                "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
+                "TLS13_AES_256_GCM_SHA384",
+                "TLS13_AES_128_GCM_SHA256"
+            ]
+        );
+        assert_eq!(
+            names(order_families(&all, false)),
+            [
+                "TLS13_AES_256_GCM_SHA384",
+                "TLS13_AES_128_GCM_SHA256",
+                "TLS13_CHACHA20_POLY1305_SHA256",
+                "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256"
+            ]
+        );
+    }
+
+    #[test]
+    fn auto_builds_a_chacha_variant_only_where_it_can_matter() {
+        let built = build_server_config(&policy(), &CertSource::Ephemeral).unwrap();
+        assert!(built.config.ignore_client_order);
+        assert_eq!(built.chacha_first.is_some(), cpu::aes_gcm_accelerated());
+        let aes_only = TlsPolicy {
+            ciphers: Some(vec!["TLS13_AES_128_GCM_SHA256".into()]),
+            ..policy()
+        };
+        let built = build_server_config(&aes_only, &CertSource::Ephemeral).unwrap();
+        assert!(built.chacha_first.is_none(), "nothing to reorder");
+        let client = TlsPolicy {
+            preference: CipherPreference::Client,
+            ..policy()
+        };
+        let built = build_server_config(&client, &CertSource::Ephemeral).unwrap();
+        assert!(!built.config.ignore_client_order && built.chacha_first.is_none());
+    }
 
     fn policy() -> TlsPolicy {
         TlsPolicy::default()

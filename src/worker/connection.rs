@@ -132,22 +132,40 @@ async fn run(
     tally: &Tally,
 ) -> CloseReason {
     let svc = rt.svc();
-    let mut tls = match ServerTls::new(rt.tls.clone()) {
-        Ok(t) => t,
-        Err(e) => {
-            warn!(%peer, error = %e, "cannot create TLS session");
-            return CloseReason::TlsError;
-        }
-    };
     let mut bufs = Buffers::new(svc.tunables.buffer_size);
-
+    let mut session: Option<ServerTls> = None;
+    let hello_and_handshake = async {
+        // The ClientHello picks the config (cipher preference) before rustls sees it.
+        let sni = read_client_hello(client, rt, &mut bufs, &mut session).await?;
+        let Some(tls) = session.as_mut() else {
+            return Err(CloseReason::TlsError);
+        };
+        handshake(client, tls, &mut bufs)
+            .await
+            .map(|peer_closed| Handshaken { sni, peer_closed })
+    };
     let handshake = tokio::select! {
-        r = tokio::time::timeout(svc.tunables.handshake_timeout, handshake(client, &mut tls, &mut bufs)) => r,
+        r = tokio::time::timeout(svc.tunables.handshake_timeout, hello_and_handshake) => r,
         _ = ctx.force_close.notified() => Ok(Err(CloseReason::DrainTimeout)),
+    };
+    let finished = session.as_ref().is_some_and(|t| !t.is_handshaking());
+    let Some(mut tls) = session else {
+        // No session was created: no TLS ClientHello (or the client left before one).
+        return match handshake {
+            Ok(Err(reason)) => {
+                obs::inc(&ctx.stats.handshake_failures);
+                reason
+            }
+            Err(_) => {
+                obs::inc(&ctx.stats.handshake_timeouts);
+                CloseReason::HandshakeTimeout
+            }
+            Ok(Ok(_)) => CloseReason::TlsError,
+        };
     };
     let Handshaken { sni, peer_closed } = match handshake {
         Ok(Ok(done)) => done,
-        Ok(Err(reason)) if !tls.is_handshaking() => {
+        Ok(Err(reason)) if finished => {
             // The handshake finished; the client left while we sent its last flight
             // (tickets), as `openssl s_time` does.
             obs::inc(&ctx.stats.handshakes);
@@ -282,26 +300,17 @@ struct Handshaken {
     peer_closed: bool,
 }
 
-/// Runs the handshake to completion.
-async fn handshake(
+/// Reads until the ClientHello can be peeked, then creates the session with the config it
+/// calls for (in `session`). Returns the SNI. The bytes stay in `bufs.incoming` for rustls.
+async fn read_client_hello(
     client: &TcpStream,
-    tls: &mut ServerTls,
+    rt: &ServiceRt,
     bufs: &mut Buffers,
-) -> Result<Handshaken, CloseReason> {
-    let mut sni = None;
-    let mut peer_closed = false;
-    let mut peeked = false;
+    session: &mut Option<ServerTls>,
+) -> Result<Option<Box<str>>, CloseReason> {
     loop {
-        if !bufs.out.is_empty() {
-            flush(client, &mut bufs.out, &mut bufs.out_spare)
-                .await
-                .map_err(|_| CloseReason::ClientIoError)?;
-        }
-        if !tls.is_handshaking() {
-            return Ok(Handshaken { sni, peer_closed });
-        }
         if bufs.incoming.len() == bufs.incoming.capacity() {
-            return Err(CloseReason::TlsError); // handshake messages larger than we buffer
+            return Err(CloseReason::TlsError);
         }
         let (res, incoming) = read_append(client, std::mem::take(&mut bufs.incoming)).await;
         bufs.incoming = incoming;
@@ -309,15 +318,51 @@ async fn handshake(
             Ok(0) | Err(_) => return Err(CloseReason::HandshakeEof),
             Ok(_) => {}
         }
-        if !peeked {
-            match client_hello::peek(&bufs.incoming) {
-                Peek::NeedMore => {}
-                Peek::NotTls => return Err(CloseReason::TlsError),
-                Peek::Fragmented => peeked = true,
-                Peek::Hello(hello) => {
-                    peeked = true;
-                    sni = hello.sni.map(Box::from);
-                }
+        let (config, sni) = match client_hello::peek(&bufs.incoming) {
+            Peek::NeedMore => continue,
+            Peek::NotTls => return Err(CloseReason::TlsError),
+            // rustls will reassemble it; the default order applies.
+            Peek::Fragmented => (&rt.tls, None),
+            Peek::Hello(hello) => (rt.tls_for(hello.cipher_suites()), hello.sni.map(Box::from)),
+        };
+        match ServerTls::new(config.clone()) {
+            Ok(t) => *session = Some(t),
+            Err(e) => {
+                warn!(error = %e, "cannot create TLS session");
+                return Err(CloseReason::TlsError);
+            }
+        }
+        return Ok(sni);
+    }
+}
+
+/// Runs the handshake to completion, starting with what `bufs.incoming` already holds.
+/// Returns whether the peer already closed.
+async fn handshake(
+    client: &TcpStream,
+    tls: &mut ServerTls,
+    bufs: &mut Buffers,
+) -> Result<bool, CloseReason> {
+    let mut peer_closed = false;
+    let mut have_input = !bufs.incoming.is_empty();
+    loop {
+        if !bufs.out.is_empty() {
+            flush(client, &mut bufs.out, &mut bufs.out_spare)
+                .await
+                .map_err(|_| CloseReason::ClientIoError)?;
+        }
+        if !tls.is_handshaking() {
+            return Ok(peer_closed);
+        }
+        if !std::mem::take(&mut have_input) {
+            if bufs.incoming.len() == bufs.incoming.capacity() {
+                return Err(CloseReason::TlsError); // handshake messages larger than we buffer
+            }
+            let (res, incoming) = read_append(client, std::mem::take(&mut bufs.incoming)).await;
+            bufs.incoming = incoming;
+            match res {
+                Ok(0) | Err(_) => return Err(CloseReason::HandshakeEof),
+                Ok(_) => {}
             }
         }
         match tls.read(&mut bufs.incoming, &mut bufs.upstream, &mut bufs.out) {

@@ -68,6 +68,8 @@ pub(crate) struct ServiceRt {
     pub index: usize,
     /// This worker's own TLS config copy (see `tls::per_worker_config`).
     pub tls: Arc<rustls::ServerConfig>,
+    /// Its ChaCha20-first variant, for clients that prefer ChaCha20 (`cipher_preference`).
+    pub tls_chacha_first: Option<Arc<rustls::ServerConfig>>,
     /// This worker's share of `max_connections`.
     pub limit: u32,
     /// Open connections of this service on this worker.
@@ -85,15 +87,21 @@ impl ServiceRt {
         let svc = &config.services[index];
         let workers = config.global.workers as u32;
         let extract = offload::may_offload(svc.ktls, config.kernel_tls.as_ref());
+        let tls = crate::tls::per_worker_config(
+            &svc.tls,
+            &svc.certified,
+            svc.session_cache_size,
+            extract,
+        );
+        let tls_chacha_first = svc
+            .tls_chacha_first
+            .as_ref()
+            .map(|v| crate::tls::per_worker_variant(v, &tls));
         Rc::new(ServiceRt {
             config: config.clone(),
             index,
-            tls: crate::tls::per_worker_config(
-                &svc.tls,
-                &svc.certified,
-                svc.session_cache_size,
-                extract,
-            ),
+            tls,
+            tls_chacha_first,
             limit: svc.tunables.max_connections.div_ceil(workers).max(1),
             active,
             stats,
@@ -102,6 +110,14 @@ impl ServiceRt {
 
     pub fn svc(&self) -> &Service {
         &self.config.services[self.index]
+    }
+
+    /// The config for a client whose ClientHello offered these suites (in its order).
+    pub fn tls_for(&self, offered: impl IntoIterator<Item = u16>) -> &Arc<rustls::ServerConfig> {
+        match &self.tls_chacha_first {
+            Some(chacha) if crate::tls::client_prefers_chacha(offered) => chacha,
+            _ => &self.tls,
+        }
     }
 }
 
