@@ -64,9 +64,15 @@ impl Drop for Proxy {
 pub fn run(opts: &DemoOptions) -> anyhow::Result<DemoOutput> {
     std::fs::create_dir_all(&opts.out)
         .with_context(|| format!("creating {}", opts.out.display()))?;
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    // The proxy gets CPU 0; load and backend the last CPU (the same one on a 1-CPU machine).
-    let load_cpu = cpus - 1;
+    // The proxy gets the first CPU this process may use; load and backend the last one (the
+    // same one on a 1-CPU machine or container).
+    let cpus: Vec<usize> = core_affinity::get_core_ids()
+        .unwrap_or_default()
+        .iter()
+        .map(|c| c.id)
+        .collect();
+    let proxy_cpu = cpus.first().copied().unwrap_or(0);
+    let load_cpu = cpus.last().copied().unwrap_or(0);
     let ca = write_certificates(&opts.out)?;
     let backend = Backend::bind("127.0.0.1:0", Mode::Echo)?
         .threads(1)
@@ -76,7 +82,7 @@ pub fn run(opts: &DemoOptions) -> anyhow::Result<DemoOutput> {
     std::fs::write(
         &config,
         format!(
-            "[global]\nworkers = 1\ncpus = [0]\n\n[[service]]\nname = \"demo\"\n\
+            "[global]\nworkers = 1\ncpus = [{proxy_cpu}]\n\n[[service]]\nname = \"demo\"\n\
              listen = \"127.0.0.1:0\"\nbackend = \"{backend_addr}\"\ncert = \"{}\"\nkey = \"{}\"\n",
             opts.out.join("cert.pem").display(),
             opts.out.join("key.pem").display()
@@ -86,7 +92,7 @@ pub fn run(opts: &DemoOptions) -> anyhow::Result<DemoOutput> {
     let pid = proxy.child.id();
     if !opts.quiet {
         eprintln!(
-            "tlsfront pid {pid} on {} (1 worker, CPU 0) → echo backend {backend_addr}; \
+            "tlsfront pid {pid} on {} (1 worker, CPU {proxy_cpu}) → echo backend {backend_addr}; \
              load on CPU {load_cpu}; {:.1} s per step",
             proxy.addr,
             opts.step.as_secs_f64()
@@ -153,6 +159,7 @@ pub fn run(opts: &DemoOptions) -> anyhow::Result<DemoOutput> {
         plan: Plan {
             threads: 1,
             cpus: vec![load_cpu],
+            pin: true,
             warmup: (opts.step / 4).min(Duration::from_secs(1)),
             duration: opts.step,
             interval: Duration::from_secs(1).min(opts.step),

@@ -25,6 +25,12 @@ use tlsfront_load::scenario::throughput::{Direction, Throughput};
 use tlsfront_load::scenario::Target;
 use tlsfront_load::tls::{ClientSpec, Offer, Trust};
 
+/// The tests here measure time and load the CPUs: one at a time.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn backend(mode: Mode) -> (SocketAddr, std::sync::Arc<tlsfront_load::backend::Stats>) {
     let b = LoadBackend::bind("127.0.0.1:0", mode).unwrap().threads(1);
     let stats = b.stats();
@@ -53,6 +59,8 @@ fn options(duration: Duration, warmup: Duration, pid: Option<u32>) -> Options {
         plan: Plan {
             threads: 1,
             cpus: Vec::new(),
+            // Tests share the machine (and each other's CPUs): let the scheduler place them.
+            pin: false,
             warmup,
             duration,
             interval: Duration::from_millis(500),
@@ -80,6 +88,7 @@ fn passed(r: &Report) {
 
 #[test]
 fn handshake_full_then_resumed_and_tlsfront_agrees() {
+    let _serial = serial();
     let env = TestEnv::new();
     let (echo, _) = backend(Mode::Echo);
     let proxy = env.config(echo).start();
@@ -130,6 +139,7 @@ fn handshake_full_then_resumed_and_tlsfront_agrees() {
 
 #[test]
 fn throughput_each_direction_through_tlsfront_is_byte_exact() {
+    let _serial = serial();
     let env = TestEnv::new();
     let (sink, sink_stats) = backend(Mode::Sink);
     let (source, _) = backend(Mode::Source);
@@ -184,11 +194,12 @@ fn throughput_each_direction_through_tlsfront_is_byte_exact() {
     );
 }
 
-/// Latency tolerance: the client's timer wakes up to ~1 ms late and loopback plus the proxy
-/// add well under 1 ms, so a backend delay D must show as D..D+6 ms at p50 and under D+15 ms
-/// at p99 (CI machines are noisy).
+/// Latency tolerance: loopback plus the proxy add well under 1 ms and the backend's own timer
+/// up to ~1 ms, so a backend delay D must show as D..D+6 ms at p50 and under D+25 ms at p99
+/// (with ~80 samples p99 is nearly the maximum, and CI machines are noisy).
 #[test]
 fn latency_percentiles_match_a_backend_with_known_delay() {
+    let _serial = serial();
     let env = TestEnv::new();
     let delay = Duration::from_millis(30);
     let b = LoadBackend::bind("127.0.0.1:0", Mode::Echo)
@@ -218,7 +229,7 @@ fn latency_percentiles_match_a_backend_with_known_delay() {
         r.counts.ok
     );
     assert!(l.p50 >= 30.0 && l.p50 <= 36.0, "{l:?}");
-    assert!(l.p99 >= 30.0 && l.p99 <= 45.0, "{l:?}");
+    assert!(l.p99 >= 30.0 && l.p99 <= 55.0, "{l:?}");
     assert_eq!(r.counts.sent, r.counts.ok * 100);
 }
 
@@ -229,6 +240,7 @@ fn latency_percentiles_match_a_backend_with_known_delay() {
 /// (mean ≈ 20 ms, p50 near 0).
 #[test]
 fn open_model_latency_includes_queueing_that_service_time_hides() {
+    let _serial = serial();
     let b = LoadBackend::bind("127.0.0.1:0", Mode::Echo)
         .unwrap()
         .threads(1)
@@ -245,14 +257,15 @@ fn open_model_latency_includes_queueing_that_service_time_hides() {
     passed(&run.report);
     let (l, svc) = (run.report.latency.unwrap(), run.report.service.unwrap());
     assert!(svc.p50 < 5.0, "service {svc:?}");
-    assert!(svc.max >= 200.0 && svc.max < 230.0, "service {svc:?}");
+    assert!(svc.max >= 200.0 && svc.max < 260.0, "service {svc:?}");
     assert!(l.p90 > 100.0, "latency {l:?}");
     assert!(l.mean > 2.5 * svc.mean, "latency {l:?} vs service {svc:?}");
-    assert!(l.max >= 200.0 && l.max < 260.0, "latency {l:?}");
+    assert!(l.max >= 200.0 && l.max < 300.0, "latency {l:?}");
 }
 
 #[test]
 fn hold_reports_the_proxys_fds_and_memory_per_connection() {
+    let _serial = serial();
     let env = TestEnv::new();
     let (echo, _) = backend(Mode::Echo);
     let proxy = env.config(echo).start();
@@ -279,8 +292,10 @@ fn hold_reports_the_proxys_fds_and_memory_per_connection() {
 
 #[test]
 fn ramp_finds_the_capacity_of_a_slow_service() {
+    let _serial = serial();
     // One connection to a service taking 20 ms per request can do 50 requests/s; with a
-    // 30 ms p99 SLO the ramp (10, 20, ... per second) must stop between 40 and 60.
+    // 30 ms p99 SLO the ramp (10, 20, ... per second) must stop by 60/s. (A single slow
+    // wake-up on a busy machine can break an earlier step: from 20/s on is accepted.)
     let b = LoadBackend::bind("127.0.0.1:0", Mode::Echo)
         .unwrap()
         .threads(1)
@@ -299,12 +314,12 @@ fn ramp_finds_the_capacity_of_a_slow_service() {
         max: 100.0,
         slo_p99_ms: 30.0,
     };
-    let mut opts = options(Duration::from_millis(1500), Duration::ZERO, None);
+    let mut opts = options(Duration::from_secs(2), Duration::ZERO, None);
     opts.error_budget = 0.01;
     let r = ramp::run(&ramp, &opts).unwrap();
     let rr = r.ramp.unwrap();
     let sustainable = rr.sustainable.unwrap();
-    assert!((30.0..=50.0).contains(&sustainable), "{rr:#?}");
+    assert!((20.0..=50.0).contains(&sustainable), "{rr:#?}");
     let last = rr.steps.last().unwrap();
     assert!(!last.ok && last.offered <= 60.0, "{rr:#?}");
     assert!(rr.steps.iter().filter(|s| s.ok).all(|s| s.p99_ms <= 30.0));
@@ -312,6 +327,7 @@ fn ramp_finds_the_capacity_of_a_slow_service() {
 
 #[test]
 fn handshake_ramp_through_tlsfront_reaches_its_max() {
+    let _serial = serial();
     let env = TestEnv::new();
     let (echo, _) = backend(Mode::Echo);
     let proxy = env.config(echo).start();
@@ -397,6 +413,7 @@ fn text(b: &[u8]) -> String {
 
 #[test]
 fn cli_latency_writes_json_hlog_and_svg_that_read_back() {
+    let _serial = serial();
     let env = TestEnv::new();
     let (echo, _) = backend(Mode::Echo);
     let proxy = env.config(echo).start();
@@ -504,6 +521,7 @@ fn cli_latency_writes_json_hlog_and_svg_that_read_back() {
 
 #[test]
 fn cli_wrong_ca_fails_clearly_and_still_writes_results() {
+    let _serial = serial();
     let env = TestEnv::new();
     let other = TestEnv::new();
     let (echo, _) = backend(Mode::Echo);
@@ -541,6 +559,7 @@ fn cli_wrong_ca_fails_clearly_and_still_writes_results() {
 
 #[test]
 fn cli_unreachable_target_and_tls_version_mismatch_exit_nonzero() {
+    let _serial = serial();
     let closed = closed_port_addr().to_string();
     let out = load(&[
         "throughput",
@@ -599,6 +618,7 @@ fn cli_unreachable_target_and_tls_version_mismatch_exit_nonzero() {
 
 #[test]
 fn cli_ramp_and_hold_against_tlsfront() {
+    let _serial = serial();
     let env = TestEnv::new();
     let (echo, _) = backend(Mode::Echo);
     let proxy = env.config(echo).start();
@@ -672,6 +692,7 @@ fn cli_ramp_and_hold_against_tlsfront() {
 
 #[test]
 fn demo_runs_the_whole_loop_and_writes_its_results() {
+    let _serial = serial();
     let env = TestEnv::new();
     let out_dir = env.path("demo");
     let out = run_tlsfront(
@@ -718,6 +739,7 @@ fn demo_runs_the_whole_loop_and_writes_its_results() {
 
 #[test]
 fn cli_interrupted_run_still_reports_and_writes_json() {
+    let _serial = serial();
     let env = TestEnv::new();
     let (echo, _) = backend(Mode::Echo);
     let proxy = env.config(echo).start();
@@ -744,16 +766,37 @@ fn cli_interrupted_run_still_reports_and_writes_json() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
+    // Interrupt once the first interval has been reported.
+    let mut child = child;
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut all = String::new();
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.starts_with('[') {
+                let _ = tx.send(());
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    rx.recv_timeout(Duration::from_secs(20))
+        .expect("a progress line within 20 s");
     let pid = rustix::process::Pid::from_child(&child);
     rustix::process::kill_process(pid, Signal::INT).unwrap();
     let started = std::time::Instant::now();
     let out = child.wait_with_output().unwrap();
+    let stderr = reader.join().unwrap();
     assert!(
         started.elapsed() < Duration::from_secs(10),
         "stopped promptly"
     );
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
         text(&out.stdout).contains("ABORTED      interrupted"),
         "{}",
@@ -766,6 +809,7 @@ fn cli_interrupted_run_still_reports_and_writes_json() {
 
 #[test]
 fn handshake_offers_the_version_suite_group_and_alpn_asked_for() {
+    let _serial = serial();
     let env = TestEnv::new();
     let (echo, _) = backend(Mode::Echo);
     let proxy = env
@@ -823,5 +867,63 @@ fn handshake_offers_the_version_suite_group_and_alpn_asked_for() {
             expect
         );
         assert_eq!(n.alpn.as_deref(), Some(alpn));
+    }
+}
+
+#[test]
+fn a_stalled_target_fails_the_run_instead_of_passing() {
+    let _serial = serial();
+    // Every 5th response stalls 5 s on the only connection: requests time out (1 s) and the
+    // schedule runs ahead of what is sent; the run must fail, not pass on what did finish.
+    let b = LoadBackend::bind("127.0.0.1:0", Mode::Echo)
+        .unwrap()
+        .threads(1)
+        .delay(Duration::from_secs(5))
+        .delay_every(5);
+    let echo = b.spawn().unwrap();
+    let mut target = plain_target(echo);
+    target.connect_timeout = Duration::from_secs(1);
+    let s = Scenario::Latency(Latency {
+        target,
+        connections: 1,
+        rate: 20.0,
+        size: 16,
+    });
+    let r = go(s, &options(Duration::from_secs(2), Duration::ZERO, None)).report;
+    assert!(r.failed.is_some(), "{r:#?}");
+    assert!(
+        r.errors.contains_key("request: timed out"),
+        "{:?}",
+        r.errors
+    );
+    // The requests that waited behind the stall carry that wait in their latency.
+    assert!(r.latency.unwrap().max > 500.0, "{r:#?}");
+    assert!(r.rates.ops_per_s < 10.0, "far below the 20/s offered: {r:#?}");
+}
+
+#[test]
+fn hold_notices_a_target_that_closes_idle_connections() {
+    let _serial = serial();
+    let env = TestEnv::new();
+    let (echo, _) = backend(Mode::Echo);
+    let proxy = env.config(echo).service(r#"idle_timeout = "1s""#).start();
+    let s = Scenario::Hold(Hold {
+        target: tls_target(&env, proxy.addr(), Offer::default()),
+        connections: 50,
+        concurrency: 16,
+        rate: None,
+    });
+    let r = go(
+        s,
+        &options(Duration::from_secs(3), Duration::ZERO, Some(proxy.pid())),
+    )
+    .report;
+    assert!(r.failed.is_some(), "{r:#?}");
+    assert_eq!(r.counts.lost, 50, "{r:#?}");
+    assert_eq!(r.errors.get("hold: closed by peer"), Some(&50));
+    let h = r.hold.unwrap();
+    // Sampled (if at all) only while all 50 were held, and per connection held then.
+    if let Some(fds) = h.fds_per_conn {
+        assert!((1.9..=2.1).contains(&fds), "{h:#?}");
     }
 }

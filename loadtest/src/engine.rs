@@ -34,6 +34,8 @@ pub struct Plan {
     pub threads: usize,
     /// Pin worker i to `cpus[i % len]`; empty: core i % (number of cores).
     pub cpus: Vec<usize>,
+    /// Whether to pin at all (tests that share a machine do not).
+    pub pin: bool,
     pub warmup: Duration,
     pub duration: Duration,
     /// Reporting interval (progress lines, hlog entries).
@@ -52,6 +54,7 @@ pub struct Ctx {
     rec: Rc<RefCell<Sample>>,
     info: Rc<RefCell<ThreadInfo>>,
     stop: watch::Receiver<bool>,
+    unfinished: Rc<std::cell::Cell<u64>>,
 }
 
 impl Ctx {
@@ -80,6 +83,39 @@ impl Ctx {
         *self.stop.borrow()
     }
 
+    /// Mark an operation as started; [`Op::done`] when it ends either way. One still open
+    /// when the run's grace period is over counts as an error ("unfinished at the end").
+    pub fn op(&self) -> Op {
+        self.unfinished.set(self.unfinished.get() + 1);
+        Op(self.unfinished.clone())
+    }
+
+    /// Wait until `due`. Waits shorter than the timer's 1 ms granularity are spun (yielding
+    /// to the other tasks), so closely spaced schedules are kept instead of bunched.
+    pub async fn wait_until(&self, due: tokio::time::Instant) -> bool {
+        loop {
+            let now = tokio::time::Instant::now();
+            if now >= due {
+                return !self.stopping();
+            }
+            if self.stopping() {
+                return false;
+            }
+            if due - now > Duration::from_millis(2) {
+                let wake = due - Duration::from_millis(1);
+                if self
+                    .until_stop(tokio::time::sleep_until(wake))
+                    .await
+                    .is_none()
+                {
+                    return false;
+                }
+            } else {
+                tokio::task::yield_now().await;
+            }
+        }
+    }
+
     /// Resolves when the run ends (immediately if it has).
     pub async fn stopped(&self) {
         let mut stop = self.stop.clone();
@@ -93,6 +129,15 @@ impl Ctx {
             _ = self.stopped() => None,
             out = fut => Some(out),
         }
+    }
+}
+
+/// An operation in progress (see [`Ctx::op`]).
+pub struct Op(Rc<std::cell::Cell<u64>>);
+
+impl Op {
+    pub fn done(self) {
+        self.0.set(self.0.get() - 1);
     }
 }
 
@@ -160,6 +205,8 @@ pub fn run(
     mut on_interval: impl FnMut(&Interval) -> Next,
 ) -> anyhow::Result<Outcome> {
     let threads = plan.threads.max(1);
+    // A zero or tiny interval would spin; a reporting interval below 10 ms is noise anyway.
+    let interval = plan.interval.max(Duration::from_millis(10));
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let abort = Arc::new(AtomicBool::new(false));
     let (tx, rx) = mpsc::channel::<Msg>();
@@ -171,7 +218,7 @@ pub fn run(
     let end = plan.warmup + plan.duration;
     let mut t = plan.warmup;
     while t < end {
-        t = (t + plan.interval).min(end);
+        t = (t + interval).min(end);
         bounds.push(t);
     }
     let bounds = Arc::new(bounds);
@@ -180,7 +227,9 @@ pub fn run(
     let started = std::time::SystemTime::now() + Duration::from_millis(30);
     let mut handles = Vec::with_capacity(threads);
     for i in 0..threads {
-        let core = if plan.cpus.is_empty() {
+        let core = if !plan.pin {
+            None
+        } else if plan.cpus.is_empty() {
             cores.get(i % cores.len().max(1)).copied()
         } else {
             let cpu = plan.cpus[i % plan.cpus.len()];
@@ -192,7 +241,9 @@ pub fn run(
             .name(format!("load-{i}"))
             .spawn(move || {
                 if let Some(core) = core {
-                    core_affinity::set_for_current(core);
+                    if !core_affinity::set_for_current(core) {
+                        eprintln!("warning: cannot pin load worker {i} to CPU {}", core.id);
+                    }
                 }
                 worker(i, threads, start, &bounds, grace, &work, &abort, &tx);
             })?;
@@ -259,6 +310,28 @@ pub fn run(
             }
         }
     }
+    // After an abort, workers may have cut different intervals short: whatever arrived but
+    // never completed a slot still belongs to the window.
+    let mut leftover = Sample::default();
+    let mut last_to = Duration::ZERO;
+    for (count, to, sample) in pending.iter().skip(next) {
+        if *count > 0 {
+            leftover.merge(sample);
+            last_to = last_to.max(*to);
+        }
+    }
+    if last_to > Duration::ZERO {
+        let from = out.intervals.last().map_or(plan.warmup, |i| i.to);
+        out.total.merge(&leftover);
+        out.window += last_to.saturating_sub(from);
+        out.intervals.push(Interval {
+            index: next,
+            from,
+            to: last_to.max(from),
+            warmup: false,
+            sample: leftover,
+        });
+    }
     if interrupted().load(Ordering::Relaxed) && out.aborted.is_none() {
         out.aborted = Some("interrupted".into());
     }
@@ -300,6 +373,7 @@ fn worker(
     let info = Rc::new(RefCell::new(ThreadInfo::default()));
     let (stop_tx, stop) = watch::channel(false);
     let start = tokio::time::Instant::from_std(start);
+    let unfinished = Rc::new(std::cell::Cell::new(0u64));
     let ctx = Ctx {
         thread,
         threads,
@@ -307,6 +381,7 @@ fn worker(
         rec: rec.clone(),
         info: info.clone(),
         stop,
+        unfinished: unfinished.clone(),
     };
     local.block_on(&rt, async {
         tokio::time::sleep_until(start).await;
@@ -337,9 +412,13 @@ fn worker(
         let _ = stop_tx.send(true);
         let _ = tokio::time::timeout(grace, task).await;
     });
-    let tail = std::mem::take(&mut *rec.borrow_mut());
-    let info = info.borrow().clone();
+    // Dropping the tasks drops their `Op`s without `done`: what is left is unfinished.
     drop(local);
+    let mut tail = std::mem::take(&mut *rec.borrow_mut());
+    for _ in 0..unfinished.get() {
+        tail.error("unfinished at the end of the run");
+    }
+    let info = info.borrow().clone();
     let _ = tx.send(Msg::Done { tail, info });
 }
 
@@ -353,11 +432,17 @@ pub struct Schedule {
 }
 
 impl Schedule {
-    /// `rate` per second over all `threads`; this is thread `thread`'s share.
+    /// `rate` per second over all `threads`; this is thread `thread`'s share, from the
+    /// start of the run.
     pub fn new(ctx: &Ctx, rate: f64) -> Self {
+        Self::starting_at(ctx, rate, ctx.start)
+    }
+
+    /// The same, counted from `start`.
+    pub fn starting_at(ctx: &Ctx, rate: f64, start: tokio::time::Instant) -> Self {
         let per_thread = rate / ctx.threads as f64;
         Self {
-            start: ctx.start,
+            start,
             period: Duration::from_secs_f64(1.0 / per_thread.max(1e-9)),
             phase: ctx.thread as f64 / ctx.threads as f64,
             next: std::cell::Cell::new(0),
@@ -369,5 +454,15 @@ impl Schedule {
         let k = self.next.get();
         self.next.set(k + 1);
         self.start + self.period.mul_f64(k as f64 + self.phase)
+    }
+
+    /// The intended start times of the slots that fell due by `at` but were never claimed
+    /// (the target kept every connection or slot busy).
+    pub fn unclaimed(&self, at: tokio::time::Instant) -> Vec<tokio::time::Instant> {
+        let elapsed = at.saturating_duration_since(self.start).as_secs_f64();
+        let due = (elapsed / self.period.as_secs_f64() - self.phase).floor() + 1.0;
+        (self.next.get()..due.max(0.0) as u64)
+            .map(|k| self.start + self.period.mul_f64(k as f64 + self.phase))
+            .collect()
     }
 }

@@ -76,7 +76,7 @@ enum Command {
         #[arg(long, default_value_t = 64)]
         concurrency: usize,
         /// Open model: start this many connections per second, latency from the intended start.
-        #[arg(long)]
+        #[arg(long, value_parser = positive)]
         rate: Option<f64>,
         /// Keep session tickets and resume with them; reports the resumed share.
         #[arg(long)]
@@ -100,7 +100,7 @@ enum Command {
         #[command(flatten)]
         run: RunArgs,
         /// Requests per second over all threads.
-        #[arg(long)]
+        #[arg(long, value_parser = positive)]
         rate: f64,
         #[arg(long, default_value_t = 16)]
         connections: usize,
@@ -120,7 +120,7 @@ enum Command {
         #[arg(long, default_value_t = 64)]
         concurrency: usize,
         /// Open at most this many connections per second.
-        #[arg(long)]
+        #[arg(long, value_parser = positive)]
         rate: Option<f64>,
     },
     /// Step the offered rate until the p99 SLO or the error budget breaks.
@@ -133,17 +133,18 @@ enum Command {
         #[arg(long, value_enum, default_value_t = RampOf::Connections)]
         of: RampOf,
         /// p99 SLO in milliseconds.
-        #[arg(long)]
+        #[arg(long, value_parser = positive)]
         slo_p99: f64,
         /// First offered rate.
-        #[arg(long, default_value_t = 100.0)]
+        #[arg(long, default_value_t = 100.0, value_parser = positive)]
         start: f64,
         /// Add this much each step (default: multiply by --factor).
-        #[arg(long)]
+        #[arg(long, value_parser = positive)]
         step: Option<f64>,
-        #[arg(long, default_value_t = 1.5)]
+        /// Multiply the rate by this each step (above 1).
+        #[arg(long, default_value_t = 1.5, value_parser = positive)]
         factor: f64,
-        #[arg(long, default_value_t = 1e6)]
+        #[arg(long, default_value_t = 1e6, value_parser = positive)]
         max_rate: f64,
         /// Cap on connections in flight (connections ramp) or connections used (requests ramp).
         #[arg(long, default_value_t = 256)]
@@ -201,21 +202,21 @@ struct TargetArgs {
 struct RunArgs {
     /// Worker threads, each pinned to a core (default: one per CPU).
     #[arg(long)]
-    threads: Option<usize>,
+    threads: Option<std::num::NonZeroUsize>,
     /// Pin the workers to these CPUs, e.g. 1 or 0,2.
     #[arg(long, value_delimiter = ',')]
     cpus: Vec<usize>,
     /// Length of the measured window (per step for ramp): 10s, 500ms, 2m.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = run_length)]
     duration: Duration,
     /// Load before the window that is not counted.
     #[arg(long, default_value = "0s", value_parser = parse_duration)]
     warmup: Duration,
-    /// Progress and interval-log period.
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    /// Progress and interval-log period (10ms or more).
+    #[arg(long, default_value = "1s", value_parser = interval)]
     interval: Duration,
     /// Largest share of failed operations that still passes (0.001 = 0.1%).
-    #[arg(long, default_value_t = 0.001)]
+    #[arg(long, default_value_t = 0.001, value_parser = fraction)]
     error_budget: f64,
     /// The target's process id: report its CPU (per-CPU-second rates) and, for hold, memory.
     #[arg(long)]
@@ -235,7 +236,45 @@ struct RunArgs {
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 10s, 500ms, 2m)"))
+    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 10s, 500ms, 2m)"))?;
+    if d > Duration::from_secs(7 * 24 * 3600) {
+        return Err("at most a week".into());
+    }
+    Ok(d)
+}
+
+fn run_length(s: &str) -> Result<Duration, String> {
+    parse_duration(s).and_then(|d| {
+        if d.is_zero() {
+            Err("must be longer than 0".into())
+        } else {
+            Ok(d)
+        }
+    })
+}
+
+fn interval(s: &str) -> Result<Duration, String> {
+    parse_duration(s).and_then(|d| {
+        if d < Duration::from_millis(10) {
+            Err("must be 10ms or more".into())
+        } else {
+            Ok(d)
+        }
+    })
+}
+
+fn positive(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!("{s:?} is not a positive number")),
+    }
+}
+
+fn fraction(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        _ => Err(format!("{s:?} is not between 0 and 1")),
+    }
 }
 
 fn main() -> ExitCode {
@@ -332,9 +371,6 @@ fn run_command(command: Command) -> anyhow::Result<ExitCode> {
             size,
         } => {
             check_size(size)?;
-            if rate <= 0.0 {
-                bail!("--rate must be positive");
-            }
             let t = target.build()?;
             let scenario = Scenario::Latency(Latency {
                 target: t.target,
@@ -375,8 +411,8 @@ fn run_command(command: Command) -> anyhow::Result<ExitCode> {
             resume,
         } => {
             check_size(size)?;
-            if start <= 0.0 || (step.is_none() && factor <= 1.0) {
-                bail!("--start must be positive and --factor above 1 (or give --step)");
+            if step.is_none() && factor <= 1.0 {
+                bail!("--factor must be above 1 (or give --step)");
             }
             let t = target.build()?;
             let scenario = match of {
@@ -401,6 +437,7 @@ fn run_command(command: Command) -> anyhow::Result<ExitCode> {
                 max: max_rate,
                 slo_p99_ms: slo_p99,
             };
+            run.check_outputs()?;
             let opts = run.options(t.transport);
             let report = ramp::run(&ramp, &opts)?;
             report.print(&mut std::io::stdout())?;
@@ -471,13 +508,15 @@ fn resolve(connect: &str) -> anyhow::Result<SocketAddr> {
 
 impl RunArgs {
     fn options(&self, transport: String) -> Options {
-        let threads = self
-            .threads
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let threads = self.threads.map_or_else(
+            || std::thread::available_parallelism().map_or(1, |n| n.get()),
+            |n| n.get(),
+        );
         Options {
             plan: Plan {
                 threads,
                 cpus: self.cpus.clone(),
+                pin: true,
                 warmup: self.warmup,
                 duration: self.duration,
                 interval: self.interval.max(Duration::from_millis(100)),
@@ -491,8 +530,20 @@ impl RunArgs {
     }
 }
 
+impl RunArgs {
+    /// Create (empty) every output file now, so that a bad path fails before the run.
+    fn check_outputs(&self) -> anyhow::Result<()> {
+        for path in [&self.json, &self.hlog, &self.plot].into_iter().flatten() {
+            std::fs::File::create(path)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+        }
+        Ok(())
+    }
+}
+
 /// Run one scenario and write every requested output, also when the run failed.
 fn single(scenario: Scenario, args: &RunArgs, transport: String) -> anyhow::Result<ExitCode> {
+    args.check_outputs()?;
     let opts = args.options(transport);
     let Run { report, outcome } = run::run(&scenario, &opts)?;
     report.print(&mut std::io::stdout())?;

@@ -110,7 +110,18 @@ impl Failure {
                 io::ErrorKind::UnexpectedEof => format!("{stage}: closed by peer"),
                 io::ErrorKind::TimedOut => format!("{stage}: timed out"),
                 io::ErrorKind::BrokenPipe => format!("{stage}: broken pipe"),
-                kind => format!("{stage}: {kind}"),
+                io::ErrorKind::AddrNotAvailable => {
+                    format!("{stage}: no free local port (client TIME_WAIT; see README)")
+                }
+                kind => match e.raw_os_error() {
+                    // EMFILE, ENFILE, ENOBUFS...: the system's own words, without the number.
+                    Some(code) => {
+                        let text = io::Error::from_raw_os_error(code).to_string();
+                        let text = text.split(" (os error").next().unwrap_or(&text);
+                        format!("{stage}: {}", text.to_lowercase())
+                    }
+                    None => format!("{stage}: {kind}"),
+                },
             },
         };
         Self {
@@ -120,11 +131,20 @@ impl Failure {
     }
 }
 
-/// End a connection politely: close_notify and FIN, then read until the peer closes
-/// (which also takes in TLS 1.3 session tickets), within `limit`.
+/// End a connection politely within `limit`: send close_notify, read until the peer closes
+/// (which also takes in TLS 1.3 session tickets), then close. The TCP FIN goes out only
+/// after the peer's, so TIME_WAIT stays on the server side and a long handshake run does not
+/// use up the client's local ports. Plain TCP has no close_notify: FIN first.
 pub async fn close(mut stream: Stream, limit: Duration) {
     let _ = timeout(limit, async {
-        if stream.shutdown().await.is_err() {
+        let sent = match &mut stream {
+            Stream::Tls(tls) => {
+                tls.get_mut().1.send_close_notify();
+                tls.flush().await
+            }
+            Stream::Plain(tcp) => tcp.shutdown().await,
+        };
+        if sent.is_err() {
             return;
         }
         let mut buf = [0u8; 512];

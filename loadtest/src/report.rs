@@ -94,6 +94,8 @@ pub struct RampReport {
     pub sustainable: Option<f64>,
     /// Why the ramp stopped.
     pub stop: String,
+    /// Counts over all steps.
+    pub total: Counts,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -154,6 +156,13 @@ impl Report {
         writeln!(out)?;
         if self.scenario == "handshake" {
             writeln!(out, "  resumed      {:.1}%", r.resumed_share * 100.0)?;
+        }
+        if c.unsent > 0 {
+            writeln!(
+                out,
+                "  unsent       {} fell due but never started (all busy); in the latency as lower bounds",
+                c.unsent
+            )?;
         }
         if c.sent + c.received > 0 {
             writeln!(

@@ -41,6 +41,18 @@ impl Scenario {
         }
     }
 
+    /// How many worker threads can have something to do (one stream, connection or
+    /// in-flight slot each at least).
+    fn parallelism(&self) -> usize {
+        match self {
+            Scenario::Handshake(s) => s.concurrency,
+            Scenario::Throughput(s) => s.streams,
+            Scenario::Latency(s) => s.connections,
+            Scenario::Hold(s) => s.connections.min(s.concurrency),
+        }
+        .max(1)
+    }
+
     fn work(&self) -> Work {
         match self {
             Scenario::Handshake(s) => scenario::handshake::work(s.clone()),
@@ -102,7 +114,14 @@ pub struct Run {
 }
 
 pub fn run(scenario: &Scenario, opts: &Options) -> anyhow::Result<Run> {
+    let mut opts = opts.clone();
+    opts.plan.threads = opts.plan.threads.clamp(1, scenario.parallelism());
+    let opts = &opts;
     let target_proc = opts.pid.map(|p| Proc(Some(p)));
+    if let Some(p) = &target_proc {
+        p.cpu_seconds()
+            .map_err(|e| anyhow::anyhow!("--pid: {e:#}"))?;
+    }
     let me = Proc(None);
     let hold_wanted = match scenario {
         Scenario::Hold(h) => Some(h.connections as u64),
@@ -117,9 +136,9 @@ pub fn run(scenario: &Scenario, opts: &Options) -> anyhow::Result<Run> {
     let mut my_cpu = (cpu(&me), None);
     let mut target_cpu = (target_proc.as_ref().and_then(cpu), None);
     let mut progress = Progress::new(opts.quiet);
-    let (mut ok, mut errors) = (0u64, 0u64);
+    let (mut ok, mut errors, mut lost) = (0u64, 0u64, 0u64);
     let mut hold_after: Option<ProcSample> = None;
-    let mut open = 0u64;
+    let mut held = 0u64;
     let outcome = engine::run(&opts.plan, scenario.work(), |i: &Interval| {
         progress.interval(scenario.name(), i);
         if i.warmup {
@@ -131,11 +150,18 @@ pub fn run(scenario: &Scenario, opts: &Options) -> anyhow::Result<Run> {
         }
         ok += i.sample.counts.ok;
         errors += i.sample.counts.errors;
-        open = ok;
-        if let (Some(p), Some(wanted)) = (&target_proc, hold_wanted) {
-            // Hold: every connection open and still held (the run has not ended yet).
-            if ok >= wanted {
-                hold_after = p.sample().ok().or(hold_after);
+        lost += i.sample.counts.lost;
+        let live = ok.saturating_sub(lost);
+        if let Some(wanted) = hold_wanted {
+            // Hold: sample the target while every connection is open and still held (the
+            // run has not ended yet); the last such sample is the report's.
+            if live >= wanted {
+                held = live;
+                if let Some(p) = &target_proc {
+                    hold_after = p.sample().ok().or(hold_after);
+                }
+            } else if hold_after.is_none() {
+                held = held.max(live);
             }
         }
         if ok == 0 && errors > 0 {
@@ -157,7 +183,7 @@ pub fn run(scenario: &Scenario, opts: &Options) -> anyhow::Result<Run> {
         report.rates.mb_per_target_cpu_s = Some((c.sent + c.received) as f64 / 1e6 / t);
     }
     if let Some(wanted) = hold_wanted {
-        report.hold = Some(hold_report(wanted, open, hold_before, hold_after, opts.pid));
+        report.hold = Some(hold_report(wanted, held, hold_before, hold_after, opts.pid));
     }
     report.failed = verdict(&report, opts.error_budget);
     Ok(Run { report, outcome })
@@ -196,8 +222,14 @@ fn build(scenario: &Scenario, opts: &Options, o: &Outcome) -> Report {
     let mut counts = c;
     counts.errors += o.tail.counts.errors;
     if matches!(scenario, Scenario::Throughput(_) | Scenario::Hold(_)) {
-        // Streams and held connections opened during the warm-up are still the run's.
+        // Streams and held connections opened during the warm-up are still the run's, and
+        // so are their failures.
         counts.ok += o.warmup.counts.ok;
+        counts.errors += o.warmup.counts.errors;
+        counts.lost += o.warmup.counts.lost;
+        for (r, n) in &o.warmup.errors {
+            *errors.entry(r.clone()).or_default() += n;
+        }
     }
     Report {
         scenario: scenario.name().into(),
@@ -258,7 +290,7 @@ fn hold_report(
     };
     match (before, after, pid) {
         (Some(b), Some(a), _) => {
-            let n = wanted.max(1) as f64;
+            let n = open.max(1) as f64;
             h.rss_bytes_per_conn = Some((a.rss_bytes as f64 - b.rss_bytes as f64) / n);
             h.fds_per_conn = Some((a.fds as f64 - b.fds as f64) / n);
         }
@@ -267,8 +299,8 @@ fn hold_report(
         }
         _ => {
             h.note = Some(format!(
-                "only {open} of {wanted} connections were open at any interval end: \
-                 nothing measured (raise --duration, or see the errors)"
+                "at most {open} of {wanted} connections were held at once at an interval \
+                 end: nothing measured (raise --duration, or see the errors)"
             ))
         }
     }
@@ -283,6 +315,9 @@ pub fn verdict(r: &Report, budget: f64) -> Option<String> {
     let attempts = r.counts.ok + r.counts.errors;
     if attempts == 0 && r.counts.sent + r.counts.received == 0 {
         return Some("nothing completed in the window".into());
+    }
+    if r.scenario == "throughput" && r.counts.sent + r.counts.received == 0 {
+        return Some("no bytes moved in the window".into());
     }
     let share = r.counts.errors as f64 / attempts.max(1) as f64;
     if r.counts.errors > 0 && share > budget {

@@ -19,16 +19,26 @@ pub struct Counts {
     /// Of `ok`, handshakes that resumed a session.
     pub resumed: u64,
     pub errors: u64,
+    /// Held connections the target closed (hold scenario).
+    #[serde(default)]
+    pub lost: u64,
+    /// Open model: operations that fell due but had not started when the run ended (every
+    /// connection or slot busy). Their wait so far is in the latency histogram as a lower
+    /// bound; they are not in `ok`.
+    #[serde(default)]
+    pub unsent: u64,
     /// Application bytes written and read.
     pub sent: u64,
     pub received: u64,
 }
 
 impl Counts {
-    fn add(&mut self, o: &Counts) {
+    pub fn add(&mut self, o: &Counts) {
         self.ok += o.ok;
         self.resumed += o.resumed;
         self.errors += o.errors;
+        self.lost += o.lost;
+        self.unsent += o.unsent;
         self.sent += o.sent;
         self.received += o.received;
     }
@@ -71,6 +81,12 @@ impl Sample {
     pub fn record(&mut self, latency_ns: u64, service_ns: u64) {
         self.latency.saturating_record(latency_ns.max(1_000));
         self.service.saturating_record(service_ns.max(1_000));
+    }
+
+    /// An operation that never started: only its wait so far, as a latency lower bound.
+    pub fn unsent(&mut self, waited_ns: u64) {
+        self.counts.unsent += 1;
+        self.latency.saturating_record(waited_ns.max(1_000));
     }
 
     pub fn error(&mut self, reason: &str) {

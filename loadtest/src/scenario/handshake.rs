@@ -30,7 +30,7 @@ pub fn work(cfg: Handshake) -> Work {
 
 async fn run(ctx: Ctx, cfg: Arc<Handshake>) {
     let dialer = Rc::new(cfg.target.dialer(cfg.resume));
-    let slots = share(cfg.concurrency, &ctx).max(1);
+    let slots = share(cfg.concurrency, &ctx);
     let mut tasks = JoinSet::new();
     match cfg.rate {
         None => {
@@ -48,19 +48,15 @@ async fn run(ctx: Ctx, cfg: Arc<Handshake>) {
         Some(rate) => {
             let schedule = Schedule::new(&ctx, rate);
             let slots = Arc::new(Semaphore::new(slots));
-            loop {
+            let mut free_since = Instant::now();
+            while !ctx.stopping() {
                 let due = schedule.claim();
-                let early = Instant::now() < due;
-                if early
-                    && ctx
-                        .until_stop(tokio::time::sleep_until(due))
-                        .await
-                        .is_none()
-                {
+                if !ctx.wait_until(due).await {
                     break;
                 }
-                // Waiting for a free slot, or reaching a slot after it fell due, counts in
-                // the latency (measured from `due`); only the timer's own lag does not.
+                // A connection that could start when due is timed from its start (the
+                // client's clock lag is not the target's); one that waited for a free slot
+                // (the cap on connections in flight) is timed from `due`.
                 let (permit, waited) = match slots.clone().try_acquire_owned() {
                     Ok(p) => (p, false),
                     Err(_) => match ctx.until_stop(slots.clone().acquire_owned()).await {
@@ -68,11 +64,13 @@ async fn run(ctx: Ctx, cfg: Arc<Handshake>) {
                         _ => break,
                     },
                 };
-                let origin = if early && !waited {
-                    Instant::now()
+                let now = Instant::now();
+                let origin = if !waited && free_since <= due {
+                    now
                 } else {
                     due
                 };
+                free_since = now;
                 let (ctx, dialer) = (ctx.clone(), dialer.clone());
                 tasks.spawn_local(async move {
                     one(&ctx, &dialer, origin).await;
@@ -81,21 +79,33 @@ async fn run(ctx: Ctx, cfg: Arc<Handshake>) {
                 // Reap finished tasks so the set does not grow with the run.
                 while tasks.try_join_next().is_some() {}
             }
+            // Connections due but never started (the --concurrency cap was reached): their
+            // wait until the end is a lower bound of their latency.
+            let end = Instant::now();
+            let unstarted = schedule.unclaimed(end);
+            ctx.rec(|r| {
+                for due in unstarted {
+                    r.unsent(nanos(end - due));
+                }
+            });
         }
     }
     while tasks.join_next().await.is_some() {}
 }
 
 /// One connection: handshake, then a polite close. Returns whether it succeeded.
-async fn one(ctx: &Ctx, dialer: &Dialer, due: Instant) -> bool {
+async fn one(ctx: &Ctx, dialer: &Dialer, origin: Instant) -> bool {
     let began = Instant::now();
-    match dialer.connect().await {
+    let op = ctx.op();
+    let res = dialer.connect().await;
+    op.done();
+    match res {
         Ok(conn) => {
             let done = Instant::now();
             ctx.rec(|s| {
                 s.counts.ok += 1;
                 s.counts.resumed += u64::from(conn.resumed);
-                s.record(nanos(done - due), nanos(done - began));
+                s.record(nanos(done - origin), nanos(done - began));
             });
             ctx.negotiated(&conn.negotiated);
             net::close(conn.stream, CLOSE_LIMIT).await;

@@ -35,11 +35,7 @@ async fn run(ctx: Ctx, cfg: Arc<Hold>) {
     let mut tasks = JoinSet::new();
     for _ in 0..share(cfg.connections, &ctx) {
         if let Some(s) = &schedule {
-            if ctx
-                .until_stop(tokio::time::sleep_until(s.claim()))
-                .await
-                .is_none()
-            {
+            if !ctx.wait_until(s.claim()).await {
                 break;
             }
         }
@@ -48,7 +44,9 @@ async fn run(ctx: Ctx, cfg: Arc<Hold>) {
         };
         let (ctx, dialer) = (ctx.clone(), dialer.clone());
         tasks.spawn_local(async move {
+            let op = ctx.op();
             let conn = dialer.connect().await;
+            op.done();
             drop(permit);
             let mut conn = match conn {
                 Ok(c) => c,
@@ -59,6 +57,8 @@ async fn run(ctx: Ctx, cfg: Arc<Hold>) {
             // Idle: the only read is the one that notices the target closing on us.
             let mut byte = [0u8; 1];
             if let Some(res) = ctx.until_stop(conn.stream.read(&mut byte)).await {
+                // No longer held: the report's live count and memory per connection use it.
+                ctx.rec(|s| s.counts.lost += 1);
                 let f = match res {
                     Ok(0) => {
                         Failure::new("hold: closed by peer", "target closed an idle connection")

@@ -5,8 +5,11 @@
 //! part of their latency, which is measured from the intended send time. The time from the
 //! actual send (what a closed-loop tool reports) is kept too as `service`, so the report
 //! shows how much of the latency was queueing. A request whose connection was free when it
-//! fell due is timed from its actual send, so the client timer's lag (tokio's timer has
-//! 1 ms granularity) is not charged to the target.
+//! fell due is timed from its actual send, so the client's own timer lag is not charged to
+//! the target; waits under 2 ms are spun rather than slept, so schedules denser than the
+//! timer's 1 ms granularity are kept. A request without a response within the connect
+//! timeout is an error; one that fell due but was never sent by the end goes into the
+//! histogram with its wait so far (a lower bound) and is counted as `unsent`.
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -37,28 +40,39 @@ pub fn work(cfg: Latency) -> Work {
 
 async fn run(ctx: Ctx, cfg: Arc<Latency>) {
     let dialer = Rc::new(cfg.target.dialer(true));
-    let schedule = Rc::new(Schedule::new(&ctx, cfg.rate));
+    let limit = cfg.target.connect_timeout;
+    // Connect first: the schedule starts once this thread's connections are up, so the
+    // first requests are not charged with the handshakes. Reconnects later are.
+    let mut opening = JoinSet::new();
+    for _ in 0..share(cfg.connections, &ctx) {
+        let (ctx, dialer) = (ctx.clone(), dialer.clone());
+        opening.spawn_local(async move { connect(&ctx, &dialer).await });
+    }
+    let mut streams = Vec::new();
+    while let Some(res) = opening.join_next().await {
+        if let Ok(Some(stream)) = res {
+            streams.push(stream);
+        }
+    }
+    let schedule = Rc::new(Schedule::starting_at(&ctx, cfg.rate, Instant::now()));
     let mut tasks = JoinSet::new();
-    for _ in 0..share(cfg.connections, &ctx).max(1) {
+    for stream in streams {
         let (ctx, dialer, schedule, size) =
             (ctx.clone(), dialer.clone(), schedule.clone(), cfg.size);
         tasks.spawn_local(async move {
             let mut response = vec![0u8; size];
+            let mut stream = Some(stream);
             while !ctx.stopping() {
-                let conn = match ctx.until_stop(dialer.connect()).await {
-                    None => break,
-                    Some(Ok(c)) => c,
-                    Some(Err(f)) => {
-                        ctx.fail(&f);
-                        tokio::time::sleep(ERROR_BACKOFF).await;
-                        continue;
-                    }
+                let mut s = match stream.take() {
+                    Some(s) => s,
+                    None => match connect(&ctx, &dialer).await {
+                        Some(s) => s,
+                        None => break,
+                    },
                 };
-                ctx.negotiated(&conn.negotiated);
-                let mut stream = conn.stream;
-                match requests(&ctx, &schedule, &mut stream, &mut response).await {
+                match requests(&ctx, &schedule, &mut s, &mut response, limit).await {
                     Ok(()) => {
-                        net::close(stream, CLOSE_LIMIT).await;
+                        net::close(s, CLOSE_LIMIT).await;
                         break;
                     }
                     // The request in flight failed; reconnect and go on with the schedule.
@@ -67,7 +81,34 @@ async fn run(ctx: Ctx, cfg: Arc<Latency>) {
             }
         });
     }
+    ctx.stopped().await;
+    // Requests that fell due while every connection was busy and were never sent: their
+    // wait until the end is a lower bound of their latency.
+    let end = Instant::now();
+    let unsent = schedule.unclaimed(end);
+    ctx.rec(|r| {
+        for due in unsent {
+            r.unsent(nanos(end - due));
+        }
+    });
     while tasks.join_next().await.is_some() {}
+}
+
+/// Connect (retrying after failures) until it works or the run stops.
+async fn connect(ctx: &Ctx, dialer: &net::Dialer) -> Option<Stream> {
+    while !ctx.stopping() {
+        match ctx.until_stop(dialer.connect()).await? {
+            Ok(c) => {
+                ctx.negotiated(&c.negotiated);
+                return Some(c.stream);
+            }
+            Err(f) => {
+                ctx.fail(&f);
+                tokio::time::sleep(ERROR_BACKOFF).await;
+            }
+        }
+    }
+    None
 }
 
 /// Serve due requests on one connection until the run stops or the connection fails.
@@ -76,32 +117,44 @@ async fn requests(
     schedule: &Schedule,
     s: &mut Stream,
     response: &mut [u8],
+    limit: std::time::Duration,
 ) -> Result<(), Failure> {
     let size = response.len();
     let request = pattern().slice(0, size);
-    loop {
+    // When this connection last became free (connected, or finished a request).
+    let mut free_since = Instant::now();
+    while !ctx.stopping() {
         let due = schedule.claim();
-        let early = Instant::now() < due;
-        if early
-            && ctx
-                .until_stop(tokio::time::sleep_until(due))
-                .await
-                .is_none()
-        {
+        if !ctx.wait_until(due).await {
             return Ok(());
         }
         let sent_at = Instant::now();
-        // A free connection waited only for the timer (which wakes up to ~1 ms late): that
-        // lag is the client's, so the clock starts at the send. A request claimed after it
-        // was due waited for a busy connection: its clock started when it was due.
-        let origin = if early { sent_at } else { due };
-        s.write_all(request)
-            .await
-            .map_err(|e| Failure::io("write", &e))?;
-        s.read_exact(response)
-            .await
-            .map_err(|e| Failure::io("read", &e))?;
+        // A connection that was free when the request fell due only waited for the clock:
+        // time it from the send. One that was busy kept the request waiting: from `due`.
+        let origin = if free_since <= due { sent_at } else { due };
+        let op = ctx.op();
+        let exchange = async {
+            s.write_all(request)
+                .await
+                .map_err(|e| Failure::io("write", &e))?;
+            s.read_exact(response)
+                .await
+                .map_err(|e| Failure::io("read", &e))
+        };
+        let res = tokio::time::timeout(limit, exchange).await;
+        op.done();
+        match res {
+            Ok(Ok(_)) => {}
+            Ok(Err(f)) => return Err(f),
+            Err(_) => {
+                return Err(Failure::new(
+                    "request: timed out",
+                    format!("no complete response within {limit:?}"),
+                ))
+            }
+        }
         let done = Instant::now();
+        free_since = done;
         if response != request {
             return Err(Failure::new(
                 "data: mismatch",
@@ -115,4 +168,5 @@ async fn requests(
             r.record(nanos(done - origin), nanos(done - sent_at));
         });
     }
+    Ok(())
 }

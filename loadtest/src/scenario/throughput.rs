@@ -42,9 +42,15 @@ async fn run(ctx: Ctx, cfg: Arc<Throughput>) {
     for _ in 0..share(cfg.streams, &ctx) {
         let (ctx, dialer, direction) = (ctx.clone(), dialer.clone(), cfg.direction);
         tasks.spawn_local(async move {
+            // Open until the stream has ended cleanly: one still open when the grace period
+            // is over counts as unfinished.
+            let op = ctx.op();
             let conn = match dialer.connect().await {
                 Ok(c) => c,
-                Err(f) => return ctx.fail(&f),
+                Err(f) => {
+                    op.done();
+                    return ctx.fail(&f);
+                }
             };
             ctx.rec(|s| s.counts.ok += 1);
             ctx.negotiated(&conn.negotiated);
@@ -53,6 +59,7 @@ async fn run(ctx: Ctx, cfg: Arc<Throughput>) {
                 Direction::Receive => receive(&ctx, conn.stream).await,
                 Direction::Both => both(&ctx, conn.stream).await,
             };
+            op.done();
             if let Err(f) = res {
                 ctx.fail(&f);
             }
