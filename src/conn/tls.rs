@@ -459,6 +459,52 @@ mod tests {
         )))
     }
 
+    /// A client that closes right after its Finished (both arrive in one read, as with a
+    /// busy proxy and a client like `openssl s_time`) must still get its session tickets.
+    #[test]
+    fn tickets_are_sent_when_close_notify_follows_finished_in_one_read() {
+        let built = build_server_config(&TlsPolicy::default(), &CertSource::Ephemeral).unwrap();
+        let server_cfg = Arc::new(built.config);
+        let mut client_cfg = (*pair(&[&rustls::version::TLS13]).client_config()).clone();
+        client_cfg.resumption = rustls::client::Resumption::in_memory_sessions(8);
+        let client_cfg = Arc::new(client_cfg);
+        let mut kinds = Vec::new();
+        for _ in 0..3 {
+            let mut client =
+                rustls::ClientConnection::new(client_cfg.clone(), "localhost".try_into().unwrap())
+                    .unwrap();
+            let mut server = ServerTls::new(server_cfg.clone()).unwrap();
+            let (mut incoming, mut plain) = (Vec::with_capacity(MAX_RECORD_WIRE * 2), Vec::new());
+            let mut out = OutBuf::with_capacity(out_capacity(MAX_RECORD_PLAINTEXT));
+            let mut closed = false;
+            for _ in 0..10 {
+                while client.wants_write() {
+                    client.write_tls(&mut incoming).unwrap();
+                }
+                if !client.is_handshaking() && !closed {
+                    client.send_close_notify();
+                    while client.wants_write() {
+                        client.write_tls(&mut incoming).unwrap();
+                    }
+                    closed = true;
+                }
+                let _ = server.read(&mut incoming, &mut plain, &mut out);
+                let mut bytes = out.as_slice();
+                while !bytes.is_empty() {
+                    client.read_tls(&mut bytes).unwrap();
+                    let _ = client.process_new_packets();
+                }
+                out.take(vec![0; out.buf.len()]);
+            }
+            kinds.push(client.handshake_kind());
+        }
+        assert_eq!(
+            kinds[1..],
+            [Some(rustls::HandshakeKind::Resumed); 2],
+            "{kinds:?}"
+        );
+    }
+
     fn round_trip(versions: &[&'static rustls::SupportedProtocolVersion], expect: &str) {
         let mut p = pair(versions);
         p.pump();

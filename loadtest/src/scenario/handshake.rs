@@ -1,6 +1,7 @@
 //! New connections with a handshake each: closed loop (`concurrency` in flight, as fast as
 //! they complete) or open model (`rate` per second, latency from the intended start).
 
+use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -29,13 +30,22 @@ pub fn work(cfg: Handshake) -> Work {
 }
 
 async fn run(ctx: Ctx, cfg: Arc<Handshake>) {
-    let dialer = Rc::new(cfg.target.dialer(cfg.resume));
     let slots = share(cfg.concurrency, &ctx);
+    // With --resume every slot has its own session cache, as separate clients would: one
+    // shared cache holds only 8 tickets per server, which a burst of completions overflows.
+    let shared = Rc::new(cfg.target.dialer(cfg.resume));
+    let dialer_for_slot = || {
+        if cfg.resume {
+            Rc::new(cfg.target.dialer(true))
+        } else {
+            shared.clone()
+        }
+    };
     let mut tasks = JoinSet::new();
     match cfg.rate {
         None => {
             for _ in 0..slots {
-                let (ctx, dialer) = (ctx.clone(), dialer.clone());
+                let (ctx, dialer) = (ctx.clone(), dialer_for_slot());
                 tasks.spawn_local(async move {
                     while !ctx.stopping() {
                         if !one(&ctx, &dialer, Instant::now()).await {
@@ -47,6 +57,10 @@ async fn run(ctx: Ctx, cfg: Arc<Handshake>) {
         }
         Some(rate) => {
             let schedule = Schedule::new(&ctx, rate);
+            // A permit guarantees a free dialer in the pool.
+            let pool: Rc<RefCell<Vec<Rc<Dialer>>>> = Rc::new(RefCell::new(
+                (0..slots).map(|_| dialer_for_slot()).collect(),
+            ));
             let slots = Arc::new(Semaphore::new(slots));
             let mut free_since = Instant::now();
             while !ctx.stopping() {
@@ -71,9 +85,13 @@ async fn run(ctx: Ctx, cfg: Arc<Handshake>) {
                     due
                 };
                 free_since = now;
-                let (ctx, dialer) = (ctx.clone(), dialer.clone());
+                let Some(dialer) = pool.borrow_mut().pop() else {
+                    break;
+                };
+                let (ctx, pool) = (ctx.clone(), pool.clone());
                 tasks.spawn_local(async move {
                     one(&ctx, &dialer, origin).await;
+                    pool.borrow_mut().push(dialer);
                     drop(permit);
                 });
                 // Reap finished tasks so the set does not grow with the run.
