@@ -898,7 +898,10 @@ fn a_stalled_target_fails_the_run_instead_of_passing() {
     );
     // The requests that waited behind the stall carry that wait in their latency.
     assert!(r.latency.unwrap().max > 500.0, "{r:#?}");
-    assert!(r.rates.ops_per_s < 10.0, "far below the 20/s offered: {r:#?}");
+    assert!(
+        r.rates.ops_per_s < 10.0,
+        "far below the 20/s offered: {r:#?}"
+    );
 }
 
 #[test]
