@@ -173,3 +173,49 @@ fn a_bad_cipher_preference_names_file_line_and_field() {
         out.stderr
     );
 }
+
+#[test]
+fn ciphers_command_reports_features_speeds_and_an_order() {
+    let out = run_tlsfront(
+        ["ciphers", "--duration", "20ms", "--json"],
+        std::time::Duration::from_secs(60),
+    );
+    assert_eq!(out.code(), Some(0), "{}", out.stderr);
+    let doc: serde_json::Value = serde_json::from_str(&out.stdout).expect("JSON on stdout");
+    assert_eq!(
+        doc["cpu"]["aes_gcm_accelerated"].as_bool(),
+        Some(aes_gcm_accelerated())
+    );
+    let results = doc["results"].as_array().unwrap();
+    assert_eq!(results.len(), 6, "3 suites × 2 record sizes");
+    for r in results {
+        assert!(r["seal_mb_s"].as_f64().unwrap() > 0.0, "{r}");
+        assert!(r["open_mb_s"].as_f64().unwrap() > 0.0, "{r}");
+    }
+    let order: Vec<&str> = doc["recommended_order"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(order.len(), 3);
+    // The order is the measured one: fastest (seal + open at 16 KiB) first.
+    let speed = |suite: &str| {
+        results
+            .iter()
+            .find(|r| r["suite"] == suite && r["record"] == 16384)
+            .map(|r| r["seal_mb_s"].as_f64().unwrap() + r["open_mb_s"].as_f64().unwrap())
+            .unwrap()
+    };
+    assert!(speed(order[0]) >= speed(order[1]) && speed(order[1]) >= speed(order[2]));
+
+    let table = run_tlsfront(
+        ["ciphers", "--duration", "20ms"],
+        std::time::Duration::from_secs(60),
+    );
+    assert!(
+        table.stdout.contains("recommended server order"),
+        "{}",
+        table.stdout
+    );
+}
