@@ -9,6 +9,7 @@
 //! - [`worker`]: thread-per-core workers: pinned threads, SO_REUSEPORT listeners, relay, drain.
 //! - [`obs`]: per-worker counters and logging set-up.
 //! - [`demo`]: `tlsfront demo`, the whole loop on loopback with tlsfront-load.
+//! - [`route`]: what the backend is told about a connection (PROXY protocol header).
 //! - [`server`]: start-up and lifecycle glue used by the binary (bind, spawn, signals).
 #![deny(unsafe_code)]
 #![warn(clippy::undocumented_unsafe_blocks)]
@@ -19,6 +20,7 @@ pub mod demo;
 pub mod echo;
 pub mod io;
 pub mod obs;
+pub mod route;
 pub mod server;
 pub mod tls;
 pub mod worker;

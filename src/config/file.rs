@@ -46,6 +46,7 @@ pub struct ServiceSection {
     pub max_version: Option<String>,
     pub ciphers: Option<Vec<String>>,
     pub cipher_preference: Option<String>,
+    pub proxy_protocol: Option<String>,
     pub groups: Option<Vec<String>>,
     pub alpn: Option<Vec<String>>,
     pub buffer_size: Option<SizeValue>,

@@ -18,6 +18,7 @@ use file::{FileConfig, KeepaliveValue, ServiceSection, Workers};
 use locate::{Locator, Section};
 
 use crate::io::ktls::{self, KernelSupport};
+use crate::route::proxy_header::ProxyVersion;
 use crate::tls::{self, CertSource, TlsPolicy};
 
 /// A configuration error: where it is (file + line, or a flag) and what is wrong.
@@ -108,6 +109,8 @@ pub struct Service {
     pub ephemeral_cert: bool,
     pub tunables: Tunables,
     pub ktls: KtlsMode,
+    /// Send a PROXY protocol header (this version) to the backend first.
+    pub proxy_protocol: Option<ProxyVersion>,
     /// Session-cache entries per worker (TLS 1.2 session IDs; TLS 1.3 when tickets are off).
     pub session_cache_size: usize,
     /// Where the ticket keys come from; a reload keeps in-process random keys when this is
@@ -465,6 +468,16 @@ impl Builder<'_> {
                 ))
             }
         };
+        let proxy_protocol = match raw.proxy_protocol.as_deref() {
+            None | Some("off") => None,
+            Some(text) => Some(ProxyVersion::parse(text).ok_or_else(|| {
+                self.err(
+                    sec,
+                    "proxy_protocol",
+                    format!("must be \"v1\", \"v2\" or \"off\", got {text:?}"),
+                )
+            })?),
+        };
         let policy = self.tls_policy(sec, raw)?;
         let (ticketer, ticket_keys) = self.ticketer(sec, raw)?;
         let session_cache_size = raw.session_cache_size.unwrap_or(DEFAULT_SESSION_CACHE);
@@ -534,6 +547,7 @@ impl Builder<'_> {
             ephemeral_cert: matches!(source, CertSource::Ephemeral),
             tunables,
             ktls,
+            proxy_protocol,
             session_cache_size,
             ticket_keys,
         })

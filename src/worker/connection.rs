@@ -31,6 +31,7 @@ use crate::io::connect::{self, ConnectError};
 use crate::io::ktls;
 use crate::io::sockopt;
 use crate::obs;
+use crate::route::proxy_header::{self, ConnInfo};
 
 /// Releases the connection's slot in the worker's books however the task ends.
 struct Slot {
@@ -243,6 +244,34 @@ async fn run(
             return reason;
         }
     };
+
+    if let Some(version) = svc.proxy_protocol {
+        // The backend hears who the client is before any of the client's bytes.
+        let local = crate::io::sockopt::with_sockref(client, |s| s.local_addr())
+            .ok()
+            .and_then(|a| a.as_socket())
+            .unwrap_or(svc.listen);
+        let header = proxy_header::encode(
+            version,
+            &ConnInfo {
+                client: peer,
+                local,
+                sni: sni.as_deref(),
+                alpn: info.alpn.as_deref().map(str::as_bytes),
+                tls_version: info.version,
+                cipher: info.suite,
+            },
+        );
+        let (res, _) = backend.write_all(header).await;
+        if let Err(e) = res {
+            warn!(worker = ctx.id, service = %svc.name, %peer, error = %e, "writing the PROXY header to the backend failed");
+            if tls.close_notify(&mut bufs.incoming, &mut bufs.out).is_ok() {
+                let _ = flush(client, &mut bufs.out, &mut bufs.out_spare).await;
+            }
+            let _ = client.shutdown(Shutdown::Write);
+            return CloseReason::BackendIoError;
+        }
+    }
 
     if let Offload::Kernel { .. } = offload {
         if let Err(e) = ktls::attach_ulp(client) {

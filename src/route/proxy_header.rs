@@ -1,0 +1,187 @@
+//! The PROXY protocol header tlsfront sends a backend before the client's bytes, so a
+//! plaintext service learns the real client address and what the TLS session was
+//! (HAProxy's proxy-protocol.txt; built with the `ppp` crate).
+//!
+//! v1 is the text line (`PROXY TCP4 src dst sport dport\r\n`). v2 is binary and carries
+//! TLVs: ALPN (0x01) and authority (0x02, the SNI) when the client sent them, and SSL (0x20)
+//! with the client flags (PP2_CLIENT_SSL), the verify result (non-zero: no client
+//! certificate was verified) and the sub-TLVs version (0x21, e.g. `TLSv1.3`) and cipher
+//! (0x23, the IANA name with TLS 1.3's `TLS13_` shortened to `TLS_`, as OpenSSL says it).
+//! Mixed address families (an IPv4 client on an IPv6 listener) are sent as IPv6 with the
+//! IPv4 address mapped.
+
+use std::net::{IpAddr, SocketAddr};
+
+use ppp::v2::{Builder, Command, Protocol, Type, Version};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyVersion {
+    V1,
+    V2,
+}
+
+impl ProxyVersion {
+    pub fn parse(text: &str) -> Option<Self> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "v1" | "1" => Some(Self::V1),
+            "v2" | "2" => Some(Self::V2),
+            _ => None,
+        }
+    }
+}
+
+/// What the header says about one connection.
+#[derive(Debug, Clone)]
+pub struct ConnInfo<'a> {
+    /// The client as tlsfront sees it.
+    pub client: SocketAddr,
+    /// The address the client connected to.
+    pub local: SocketAddr,
+    pub sni: Option<&'a str>,
+    pub alpn: Option<&'a [u8]>,
+    /// rustls's name, e.g. `TLSv1_3`.
+    pub tls_version: &'a str,
+    /// IANA name, e.g. `TLS13_AES_128_GCM_SHA256`.
+    pub cipher: &'a str,
+}
+
+const PP2_CLIENT_SSL: u8 = 0x01;
+/// `verify` when no client certificate was presented and verified.
+const NOT_VERIFIED: u32 = 1;
+
+/// Both addresses in one family (IPv4-mapped IPv6 when they differ).
+fn same_family(a: SocketAddr, b: SocketAddr) -> (SocketAddr, SocketAddr) {
+    let v6 = |s: SocketAddr| match s.ip() {
+        IpAddr::V4(ip) => SocketAddr::new(IpAddr::V6(ip.to_ipv6_mapped()), s.port()),
+        IpAddr::V6(_) => s,
+    };
+    if a.is_ipv4() == b.is_ipv4() {
+        (a, b)
+    } else {
+        (v6(a), v6(b))
+    }
+}
+
+/// The header bytes for `info`.
+pub fn encode(version: ProxyVersion, info: &ConnInfo<'_>) -> Vec<u8> {
+    let (src, dst) = same_family(info.client, info.local);
+    match version {
+        ProxyVersion::V1 => {
+            let addresses = match (src, dst) {
+                (SocketAddr::V4(s), SocketAddr::V4(d)) => {
+                    ppp::v1::Addresses::new_tcp4(*s.ip(), *d.ip(), s.port(), d.port())
+                }
+                _ => ppp::v1::Addresses::new_tcp6(
+                    ipv6(src.ip()),
+                    ipv6(dst.ip()),
+                    src.port(),
+                    dst.port(),
+                ),
+            };
+            addresses.to_string().into_bytes()
+        }
+        ProxyVersion::V2 => encode_v2(src, dst, info)
+            // Writing into a Vec cannot fail, and every TLV here is far below 64 KiB.
+            .unwrap_or_default(),
+    }
+}
+
+fn ipv6(ip: IpAddr) -> std::net::Ipv6Addr {
+    match ip {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+        IpAddr::V6(v6) => v6,
+    }
+}
+
+fn encode_v2(src: SocketAddr, dst: SocketAddr, info: &ConnInfo<'_>) -> std::io::Result<Vec<u8>> {
+    let mut header =
+        Builder::with_addresses(Version::Two | Command::Proxy, Protocol::Stream, (src, dst));
+    if let Some(alpn) = info.alpn {
+        header = header.write_tlv(Type::ALPN, alpn)?;
+    }
+    if let Some(sni) = info.sni {
+        header = header.write_tlv(Type::Authority, sni.as_bytes())?;
+    }
+    header.write_tlv(Type::SSL, &ssl_tlv(info))?.build()
+}
+
+/// The SSL TLV's value: client flags, verify, then its sub-TLVs.
+fn ssl_tlv(info: &ConnInfo<'_>) -> Vec<u8> {
+    let version = info.tls_version.replace('_', ".");
+    let cipher = match info.cipher.strip_prefix("TLS13_") {
+        Some(rest) => format!("TLS_{rest}"),
+        None => info.cipher.to_string(),
+    };
+    let mut v = Vec::with_capacity(5 + 6 + version.len() + cipher.len());
+    v.push(PP2_CLIENT_SSL);
+    v.extend_from_slice(&NOT_VERIFIED.to_be_bytes());
+    for (kind, value) in [
+        (Type::SSLVersion, version.as_bytes()),
+        (Type::SSLCipher, cipher.as_bytes()),
+    ] {
+        v.push(kind as u8);
+        v.extend_from_slice(&(value.len() as u16).to_be_bytes());
+        v.extend_from_slice(value);
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info<'a>(client: &str, local: &str) -> ConnInfo<'a> {
+        ConnInfo {
+            client: client.parse().unwrap(),
+            local: local.parse().unwrap(),
+            sni: Some("db.example.com"),
+            alpn: Some(b"postgresql"),
+            tls_version: "TLSv1_3",
+            cipher: "TLS13_AES_128_GCM_SHA256",
+        }
+    }
+
+    #[test]
+    fn v1_is_the_text_line() {
+        let h = encode(ProxyVersion::V1, &info("192.0.2.7:40000", "10.0.0.1:443"));
+        assert_eq!(h, b"PROXY TCP4 192.0.2.7 10.0.0.1 40000 443\r\n");
+        let h = encode(ProxyVersion::V1, &info("[2001:db8::7]:40000", "[::1]:443"));
+        assert_eq!(h, b"PROXY TCP6 2001:db8::7 ::1 40000 443\r\n");
+    }
+
+    #[test]
+    fn mixed_families_are_sent_as_mapped_ipv6() {
+        let h = encode(ProxyVersion::V1, &info("192.0.2.7:40000", "[::]:443"));
+        assert_eq!(h, b"PROXY TCP6 ::ffff:192.0.2.7 :: 40000 443\r\n");
+    }
+
+    #[test]
+    fn v2_parses_back_with_its_tlvs() {
+        let h = encode(ProxyVersion::V2, &info("192.0.2.7:40000", "10.0.0.1:443"));
+        let parsed = ppp::v2::Header::try_from(h.as_slice()).unwrap();
+        assert_eq!(
+            parsed.addresses,
+            ppp::v2::Addresses::from((
+                "192.0.2.7:40000".parse::<SocketAddr>().unwrap(),
+                "10.0.0.1:443".parse::<SocketAddr>().unwrap()
+            ))
+        );
+        let tlvs: Vec<(u8, Vec<u8>)> = parsed
+            .tlvs()
+            .map(|t| {
+                let t = t.unwrap();
+                (t.kind, t.value.to_vec())
+            })
+            .collect();
+        assert_eq!(tlvs[0], (0x01, b"postgresql".to_vec()));
+        assert_eq!(tlvs[1], (0x02, b"db.example.com".to_vec()));
+        assert_eq!(tlvs[2].0, 0x20);
+        let ssl = &tlvs[2].1;
+        assert_eq!(ssl[0], PP2_CLIENT_SSL);
+        assert_eq!(&ssl[1..5], &[0, 0, 0, 1]);
+        assert_eq!(
+            &ssl[5..],
+            b"\x21\x00\x07TLSv1.3\x23\x00\x16TLS_AES_128_GCM_SHA256"
+        );
+    }
+}
