@@ -172,3 +172,141 @@ fn a_bad_proxy_protocol_value_names_file_line_and_field() {
         out.stderr
     );
 }
+
+/// A TLS session over a socket that first sends `header` (as a load balancer would).
+fn proxied_tls(addr: SocketAddr, env: &TestEnv, header: &[u8]) -> std::io::Result<TlsStream> {
+    use std::io::Write;
+    let mut sock = tcp_connect(addr)?;
+    sock.write_all(header)?;
+    let conn = rustls::ClientConnection::new(env.client(), "localhost".try_into().unwrap())
+        .map_err(std::io::Error::other)?;
+    let mut tls = rustls::StreamOwned::new(conn, sock);
+    while tls.conn.is_handshaking() {
+        tls.conn.complete_io(&mut tls.sock)?;
+    }
+    Ok(tls)
+}
+
+/// A v2 header built here by hand (TCP over IPv4), independent of the project's encoder.
+fn v2_header(src: SocketAddr, dst: SocketAddr) -> Vec<u8> {
+    let (SocketAddr::V4(s), SocketAddr::V4(d)) = (src, dst) else {
+        panic!("IPv4 only here");
+    };
+    let mut h = V2_SIGNATURE.to_vec();
+    h.extend_from_slice(&[0x21, 0x11, 0, 12]);
+    h.extend_from_slice(&s.ip().octets());
+    h.extend_from_slice(&d.ip().octets());
+    h.extend_from_slice(&s.port().to_be_bytes());
+    h.extend_from_slice(&d.port().to_be_bytes());
+    h
+}
+
+#[test]
+fn inbound_proxy_from_an_allowed_source_names_the_client_in_logs_and_onward() {
+    let env = TestEnv::new();
+    let (backend, headers) = header_backend(read_v1_line);
+    let proxy = env
+        .config(backend.addr)
+        .service("accept_proxy = true")
+        .service(r#"proxy_sources = ["127.0.0.0/8"]"#)
+        .service(r#"proxy_protocol = "v1""#)
+        .start();
+    let addr = proxy.addr();
+    let named: SocketAddr = "203.0.113.5:4444".parse().unwrap();
+    for header in [
+        format!(
+            "PROXY TCP4 203.0.113.5 {} 4444 {}\r\n",
+            addr.ip(),
+            addr.port()
+        )
+        .into_bytes(),
+        v2_header(named, addr),
+    ] {
+        let mut tls = proxied_tls(addr, &env, &header).expect("handshake after the header");
+        assert_echo(&mut tls, b"hello from behind a balancer\n", "echo");
+        // The backend hears about the client the balancer named, not the balancer.
+        let onward = headers.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert!(
+            onward.starts_with(&format!("PROXY TCP4 203.0.113.5 {} 4444 ", addr.ip())),
+            "{onward}"
+        );
+        drop(tls);
+    }
+    assert!(
+        proxy.wait_for_log_count(
+            "peer=203.0.113.5:4444 proxied_by=127.0.0.1:",
+            2,
+            Duration::from_secs(10)
+        ),
+        "{}",
+        proxy.log()
+    );
+}
+
+#[test]
+fn inbound_proxy_is_refused_from_others_and_required_from_balancers() {
+    let env = TestEnv::new();
+    let echo = Backend::echo();
+    // Only 10.0.0.0/8 may send PROXY headers: this test's 127.0.0.1 connects directly.
+    let direct = env
+        .config(echo.addr)
+        .service("accept_proxy = true")
+        .service(r#"proxy_sources = ["10.0.0.0/8"]"#)
+        .start();
+    let header = b"PROXY TCP4 203.0.113.5 127.0.0.1 4444 443\r\n";
+    assert!(proxied_tls(direct.addr(), &env, header).is_err());
+    assert!(
+        direct.wait_for_log("reason=proxy_not_allowed", Duration::from_secs(10)),
+        "{}",
+        direct.log()
+    );
+    // The same service still serves direct clients.
+    let mut tls = tls_connect_ok(direct.addr(), &env.client());
+    assert_echo(&mut tls, b"direct\n", "direct client");
+
+    // 127.0.0.1 is a balancer here: its connections must start with a header.
+    let env2 = TestEnv::new();
+    let behind = env2
+        .config(echo.addr)
+        .service("accept_proxy = true")
+        .service(r#"proxy_sources = ["127.0.0.1"]"#)
+        .start();
+    assert!(tls_connect(behind.addr(), &env2.client()).is_err());
+    assert!(
+        behind.wait_for_log("reason=proxy_header_missing", Duration::from_secs(10)),
+        "{}",
+        behind.log()
+    );
+    assert!(proxied_tls(behind.addr(), &env2, b"PROXY TCP4 1.2.3.4 nonsense\r\n").is_err());
+    assert!(
+        behind.wait_for_log("reason=proxy_header_invalid", Duration::from_secs(10)),
+        "{}",
+        behind.log()
+    );
+    // Another connection is unaffected.
+    let mut tls = proxied_tls(behind.addr(), &env2, b"PROXY UNKNOWN\r\n").unwrap();
+    assert_echo(&mut tls, b"health check style\n", "LOCAL/UNKNOWN header");
+}
+
+#[test]
+fn accept_proxy_without_sources_is_a_config_error() {
+    let env = TestEnv::new();
+    let toml = env
+        .config("127.0.0.1:9")
+        .service("accept_proxy = true")
+        .to_toml();
+    let path = env.write_config(&toml);
+    let out = run_tlsfront(
+        ["check".as_ref(), "--config".as_ref(), path.as_os_str()],
+        Duration::from_secs(20),
+    );
+    assert_eq!(out.code(), Some(2));
+    assert!(
+        out.stderr.contains(&format!(
+            "line {}: service[0].accept_proxy: needs proxy_sources",
+            line_of(&toml, "accept_proxy")
+        )),
+        "{}",
+        out.stderr
+    );
+}

@@ -47,6 +47,8 @@ pub struct ServiceSection {
     pub ciphers: Option<Vec<String>>,
     pub cipher_preference: Option<String>,
     pub proxy_protocol: Option<String>,
+    pub accept_proxy: Option<bool>,
+    pub proxy_sources: Option<Vec<String>>,
     pub groups: Option<Vec<String>>,
     pub alpn: Option<Vec<String>>,
     pub buffer_size: Option<SizeValue>,

@@ -111,6 +111,9 @@ pub struct Service {
     pub ktls: KtlsMode,
     /// Send a PROXY protocol header (this version) to the backend first.
     pub proxy_protocol: Option<ProxyVersion>,
+    /// `accept_proxy`: the networks whose connections start with a PROXY header (required
+    /// from them, refused from anyone else).
+    pub accept_proxy: Option<Vec<ipnet::IpNet>>,
     /// Session-cache entries per worker (TLS 1.2 session IDs; TLS 1.3 when tickets are off).
     pub session_cache_size: usize,
     /// Where the ticket keys come from; a reload keeps in-process random keys when this is
@@ -478,6 +481,40 @@ impl Builder<'_> {
                 )
             })?),
         };
+        let accept_proxy = match (raw.accept_proxy, &raw.proxy_sources) {
+            (None | Some(false), None) => None,
+            (None | Some(false), Some(_)) => {
+                return Err(self.err(sec, "proxy_sources", "only used with accept_proxy = true"))
+            }
+            (Some(true), None) => {
+                return Err(self.err(
+                    sec,
+                    "accept_proxy",
+                    "needs proxy_sources: the networks of the load balancers allowed to send \
+                     PROXY headers, e.g. [\"10.0.0.0/8\"]",
+                ))
+            }
+            (Some(true), Some(list)) => {
+                let mut nets = Vec::with_capacity(list.len());
+                for text in list {
+                    let net = text
+                        .parse::<ipnet::IpNet>()
+                        .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                        .map_err(|_| {
+                            self.err(
+                                sec,
+                                "proxy_sources",
+                                format!("{text:?} is not an address or network (CIDR)"),
+                            )
+                        })?;
+                    nets.push(net);
+                }
+                if nets.is_empty() {
+                    return Err(self.err(sec, "proxy_sources", "must list at least one network"));
+                }
+                Some(nets)
+            }
+        };
         let policy = self.tls_policy(sec, raw)?;
         let (ticketer, ticket_keys) = self.ticketer(sec, raw)?;
         let session_cache_size = raw.session_cache_size.unwrap_or(DEFAULT_SESSION_CACHE);
@@ -548,6 +585,7 @@ impl Builder<'_> {
             tunables,
             ktls,
             proxy_protocol,
+            accept_proxy,
             session_cache_size,
             ticket_keys,
         })

@@ -28,6 +28,13 @@ pub enum CloseReason {
     KtlsInstallFailed,
     /// The AEAD's record limit was reached and the kernel cannot rekey.
     RecordLimit,
+    /// `accept_proxy`: an allowed load balancer connected without a PROXY header.
+    ProxyHeaderMissing,
+    /// A malformed or oversized PROXY header.
+    ProxyHeaderInvalid,
+    /// A PROXY header from a source not in `proxy_sources` (or to a service without
+    /// `accept_proxy`).
+    ProxyNotAllowed,
 }
 
 impl CloseReason {
@@ -49,6 +56,9 @@ impl CloseReason {
             CloseReason::KeyUpdateUnsupported => "keyupdate_unsupported",
             CloseReason::KtlsInstallFailed => "ktls_install_failed",
             CloseReason::RecordLimit => "record_limit",
+            CloseReason::ProxyHeaderMissing => "proxy_header_missing",
+            CloseReason::ProxyHeaderInvalid => "proxy_header_invalid",
+            CloseReason::ProxyNotAllowed => "proxy_not_allowed",
         }
     }
 

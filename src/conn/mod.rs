@@ -8,4 +8,5 @@
 pub mod client_hello;
 pub mod close;
 pub mod offload;
+pub mod proxy_in;
 pub mod tls;

@@ -26,6 +26,7 @@ use crate::config::{Backend, Service};
 use crate::conn::client_hello::{self, Peek};
 use crate::conn::close::CloseReason;
 use crate::conn::offload::{self, Offload, UserspaceReason};
+use crate::conn::proxy_in::{self, Inbound};
 use crate::conn::tls::{out_capacity, OutBuf, ServerTls, TlsError, MAX_RECORD_WIRE};
 use crate::io::connect::{self, ConnectError};
 use crate::io::ktls;
@@ -85,6 +86,8 @@ impl Buffers {
 pub(super) struct Tally {
     pub(super) up: Cell<u64>,
     pub(super) down: Cell<u64>,
+    /// The client a PROXY header named (the TCP peer was its load balancer).
+    pub(super) client: Cell<Option<SocketAddr>>,
 }
 
 pub(super) async fn serve(
@@ -111,6 +114,11 @@ pub(super) async fn serve(
     let _ = client.shutdown(Shutdown::Both);
 
     let (up, down) = (tally.up.get(), tally.down.get());
+    // Behind a load balancer that sent a PROXY header, `peer` is the client it named.
+    let (peer, proxied_by) = match tally.client.get() {
+        Some(client) => (client, peer.to_string()),
+        None => (peer, "-".to_string()),
+    };
     obs::add(&ctx.stats.bytes_client_to_backend, up);
     obs::add(&ctx.stats.bytes_backend_to_client, down);
     let duration_ms = started.elapsed().as_millis() as u64;
@@ -118,9 +126,9 @@ pub(super) async fn serve(
         obs::inc(&ctx.stats.closed_with_error);
     }
     if reason.is_failure() {
-        warn!(worker = ctx.id, service = %svc.name, %peer, bytes_in = up, bytes_out = down, duration_ms, reason = %reason, "closed");
+        warn!(worker = ctx.id, service = %svc.name, %peer, %proxied_by, bytes_in = up, bytes_out = down, duration_ms, reason = %reason, "closed");
     } else {
-        info!(worker = ctx.id, service = %svc.name, %peer, bytes_in = up, bytes_out = down, duration_ms, reason = %reason, "closed");
+        info!(worker = ctx.id, service = %svc.name, %peer, %proxied_by, bytes_in = up, bytes_out = down, duration_ms, reason = %reason, "closed");
     }
     drop(slot);
 }
@@ -135,7 +143,16 @@ async fn run(
     let svc = rt.svc();
     let mut bufs = Buffers::new(svc.tunables.buffer_size);
     let mut session: Option<ServerTls> = None;
+    let mut peer = peer;
     let hello_and_handshake = async {
+        if let Some(nets) = &svc.accept_proxy {
+            if nets.iter().any(|n| n.contains(&peer.ip())) {
+                if let Some(named) = read_proxy_header(client, &mut bufs).await? {
+                    peer = named;
+                    tally.client.set(Some(named));
+                }
+            }
+        }
         // The ClientHello picks the config (cipher preference) before rustls sees it.
         let sni = read_client_hello(client, rt, &mut bufs, &mut session).await?;
         let Some(tls) = session.as_mut() else {
@@ -329,17 +346,16 @@ struct Handshaken {
     peer_closed: bool,
 }
 
-/// Reads until the ClientHello can be peeked, then creates the session with the config it
-/// calls for (in `session`). Returns the SNI. The bytes stay in `bufs.incoming` for rustls.
-async fn read_client_hello(
+/// Reads the PROXY header an allowed load balancer must send first and removes it from
+/// `bufs.incoming` (what follows stays for the ClientHello). Returns the client it names
+/// (`None` for a LOCAL / UNKNOWN header).
+async fn read_proxy_header(
     client: &TcpStream,
-    rt: &ServiceRt,
     bufs: &mut Buffers,
-    session: &mut Option<ServerTls>,
-) -> Result<Option<Box<str>>, CloseReason> {
+) -> Result<Option<SocketAddr>, CloseReason> {
     loop {
         if bufs.incoming.len() == bufs.incoming.capacity() {
-            return Err(CloseReason::TlsError);
+            return Err(CloseReason::ProxyHeaderInvalid);
         }
         let (res, incoming) = read_append(client, std::mem::take(&mut bufs.incoming)).await;
         bufs.incoming = incoming;
@@ -347,8 +363,50 @@ async fn read_client_hello(
             Ok(0) | Err(_) => return Err(CloseReason::HandshakeEof),
             Ok(_) => {}
         }
+        match proxy_in::parse(&bufs.incoming) {
+            Inbound::NeedMore => continue,
+            Inbound::NotProxy => return Err(CloseReason::ProxyHeaderMissing),
+            Inbound::Invalid(why) => {
+                debug!(reason = why, "bad PROXY header");
+                return Err(CloseReason::ProxyHeaderInvalid);
+            }
+            Inbound::Header { len, client } => {
+                bufs.incoming.drain(..len);
+                return Ok(client);
+            }
+        }
+    }
+}
+
+/// Reads until the ClientHello can be peeked (starting with what `bufs.incoming` already
+/// holds), then creates the session with the config it calls for (in `session`). Returns the
+/// SNI. The bytes stay in `bufs.incoming` for rustls.
+async fn read_client_hello(
+    client: &TcpStream,
+    rt: &ServiceRt,
+    bufs: &mut Buffers,
+    session: &mut Option<ServerTls>,
+) -> Result<Option<Box<str>>, CloseReason> {
+    let mut must_read = bufs.incoming.is_empty();
+    loop {
+        if must_read {
+            if bufs.incoming.len() == bufs.incoming.capacity() {
+                return Err(CloseReason::TlsError);
+            }
+            let (res, incoming) = read_append(client, std::mem::take(&mut bufs.incoming)).await;
+            bufs.incoming = incoming;
+            match res {
+                Ok(0) | Err(_) => return Err(CloseReason::HandshakeEof),
+                Ok(_) => {}
+            }
+        }
+        must_read = true;
         let (config, sni) = match client_hello::peek(&bufs.incoming) {
             Peek::NeedMore => continue,
+            // A PROXY header where none is accepted gets its own reason.
+            Peek::NotTls if proxy_in::parse(&bufs.incoming) != Inbound::NotProxy => {
+                return Err(CloseReason::ProxyNotAllowed)
+            }
             Peek::NotTls => return Err(CloseReason::TlsError),
             // rustls will reassemble it; the default order applies.
             Peek::Fragmented => (&rt.tls, None),
