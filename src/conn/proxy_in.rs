@@ -29,6 +29,16 @@ pub enum Inbound {
     },
 }
 
+/// Whether `ip` is one of the balancers allowed to send PROXY headers. An IPv4 balancer
+/// reaching an IPv6 listener shows up IPv4-mapped and is matched as IPv4.
+pub fn is_allowed_source(nets: &[ipnet::IpNet], ip: IpAddr) -> bool {
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    };
+    nets.iter().any(|n| n.contains(&ip))
+}
+
 fn starts_like(buf: &[u8], sig: &[u8]) -> bool {
     let n = buf.len().min(sig.len());
     buf[..n] == sig[..n]
@@ -139,6 +149,21 @@ mod tests {
                 "{v:?}"
             );
         }
+    }
+
+    #[test]
+    fn allowed_sources_match_plain_and_mapped_addresses() {
+        let nets: Vec<ipnet::IpNet> = vec![
+            "10.0.0.0/8".parse().unwrap(),
+            "2001:db8::/32".parse().unwrap(),
+        ];
+        let ok = |ip: &str| is_allowed_source(&nets, ip.parse().unwrap());
+        assert!(ok("10.1.2.3"));
+        assert!(ok("::ffff:10.1.2.3"));
+        assert!(ok("2001:db8::5"));
+        assert!(!ok("192.0.2.1"));
+        assert!(!ok("::ffff:192.0.2.1"));
+        assert!(!ok("2001:db9::5"));
     }
 
     #[test]

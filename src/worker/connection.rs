@@ -146,14 +146,7 @@ async fn run(
     let mut peer = peer;
     let hello_and_handshake = async {
         if let Some(nets) = &svc.accept_proxy {
-            // An IPv4 balancer reaching an IPv6 listener shows up IPv4-mapped.
-            let ip = match peer.ip() {
-                std::net::IpAddr::V6(v6) => v6
-                    .to_ipv4_mapped()
-                    .map_or(std::net::IpAddr::V6(v6), std::net::IpAddr::V4),
-                v4 => v4,
-            };
-            if nets.iter().any(|n| n.contains(&ip)) {
+            if proxy_in::is_allowed_source(nets, peer.ip()) {
                 if let Some(named) = read_proxy_header(client, &mut bufs).await? {
                     peer = named;
                     tally.client.set(Some(named));
