@@ -39,7 +39,10 @@ pub enum Workers {
 pub struct ServiceSection {
     pub name: Option<String>,
     pub listen: Option<String>,
-    pub backend: Option<String>,
+    pub backend: Option<BackendValue>,
+    pub balance: Option<String>,
+    pub health_fail_after: Option<u32>,
+    pub health_retry: Option<DurationValue>,
     pub cert: Option<String>,
     pub key: Option<String>,
     pub min_version: Option<String>,
@@ -68,6 +71,14 @@ pub struct ServiceSection {
     pub ticket_keys_file: Option<String>,
     pub ticket_secret_file: Option<String>,
     pub session_cache_size: Option<usize>,
+}
+
+/// `backend = "ADDR:PORT"` or a pool: `backend = ["ADDR:PORT", ...]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum BackendValue {
+    One(String),
+    Pool(Vec<String>),
 }
 
 /// `keepalive = false` or `keepalive = { idle = "60s", interval = "10s", count = 5 }`.

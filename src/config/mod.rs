@@ -14,10 +14,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use file::{FileConfig, KeepaliveValue, ServiceSection, Workers};
+use file::{BackendValue, FileConfig, KeepaliveValue, ServiceSection, Workers};
 use locate::{Locator, Section};
 
 use crate::io::ktls::{self, KernelSupport};
+use crate::route::pool::{Balance, PoolPolicy};
 use crate::route::proxy_header::ProxyVersion;
 use crate::tls::{self, CertSource, TlsPolicy};
 
@@ -83,11 +84,24 @@ pub struct Global {
 }
 
 /// Where a service sends decrypted traffic.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Backend {
     Addr(SocketAddr),
+    /// Several backends, balanced per `balance`, with failover.
+    Pool(Vec<SocketAddr>),
     /// No backend configured (quick-start mode): a loopback echo server the process starts.
     BuiltinEcho,
+}
+
+impl Backend {
+    /// The addresses to connect to (none for the built-in echo before it is resolved).
+    pub fn addrs(&self) -> &[SocketAddr] {
+        match self {
+            Backend::Addr(a) => std::slice::from_ref(a),
+            Backend::Pool(list) => list,
+            Backend::BuiltinEcho => &[],
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -111,6 +125,8 @@ pub struct Service {
     pub ktls: KtlsMode,
     /// Send a PROXY protocol header (this version) to the backend first.
     pub proxy_protocol: Option<ProxyVersion>,
+    /// How a pool of backends is balanced and judged (one backend: only its health).
+    pub pool: PoolPolicy,
     /// `accept_proxy`: the networks whose connections start with a PROXY header (required
     /// from them, refused from anyone else).
     pub accept_proxy: Option<Vec<ipnet::IpNet>>,
@@ -450,8 +466,22 @@ impl Builder<'_> {
             (Some(flag), _) => {
                 Backend::Addr(resolve(flag).map_err(|e| self.flag_err("--backend", e))?)
             }
-            (None, Some(text)) => {
+            (None, Some(BackendValue::One(text))) => {
                 Backend::Addr(resolve(text).map_err(|e| self.err(sec, "backend", e))?)
+            }
+            (None, Some(BackendValue::Pool(list))) => {
+                if list.is_empty() {
+                    return Err(self.err(
+                        sec,
+                        "backend",
+                        "an empty list: name at least one backend",
+                    ));
+                }
+                let addrs = list
+                    .iter()
+                    .map(|t| resolve(t).map_err(|e| self.err(sec, "backend", e)))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Backend::Pool(addrs)
             }
             (None, None) if self.path.is_none() => Backend::BuiltinEcho,
             (None, None) => {
@@ -470,6 +500,26 @@ impl Builder<'_> {
                     format!("must be \"auto\", \"on\" or \"off\", got {other:?}"),
                 ))
             }
+        };
+        let balance = match raw.balance.as_deref() {
+            None => Balance::default(),
+            Some(text) => Balance::parse(text).ok_or_else(|| {
+                self.err(
+                    sec,
+                    "balance",
+                    format!("must be \"round_robin\" or \"least_connections\", got {text:?}"),
+                )
+            })?,
+        };
+        let defaults = PoolPolicy::default();
+        let pool = PoolPolicy {
+            balance,
+            fail_after: match raw.health_fail_after {
+                Some(0) => return Err(self.err(sec, "health_fail_after", "must be at least 1")),
+                Some(n) => n,
+                None => defaults.fail_after,
+            },
+            retry: raw.health_retry.map_or(defaults.retry, |d| d.0),
         };
         let proxy_protocol = match raw.proxy_protocol.as_deref() {
             None | Some("off") => None,
@@ -586,6 +636,7 @@ impl Builder<'_> {
             ktls,
             proxy_protocol,
             accept_proxy,
+            pool,
             session_cache_size,
             ticket_keys,
         })

@@ -1,4 +1,5 @@
-//! Where a connection goes and what the backend is told about it. So far: the PROXY
-//! protocol header sent to backends (`proxy_header`).
+//! Where a connection goes and what the backend is told about it: backend pools with
+//! balancing and passive health (`pool`), and the PROXY protocol header (`proxy_header`).
 
+pub mod pool;
 pub mod proxy_header;

@@ -22,7 +22,7 @@ use tokio_uring::net::TcpStream;
 use tracing::{debug, info, warn};
 
 use super::{ktls_relay, ServiceRt, WorkerCtx};
-use crate::config::{Backend, Service};
+use crate::config::Service;
 use crate::conn::client_hello::{self, Peek};
 use crate::conn::close::CloseReason;
 use crate::conn::offload::{self, Offload, UserspaceReason};
@@ -32,6 +32,7 @@ use crate::io::connect::{self, ConnectError};
 use crate::io::ktls;
 use crate::io::sockopt;
 use crate::obs;
+use crate::route::pool::{HealthChange, Pool};
 use crate::route::proxy_header::{self, ConnInfo};
 
 /// Releases the connection's slot in the worker's books however the task ends.
@@ -78,6 +79,18 @@ impl Buffers {
             out: OutBuf::with_capacity(out_cap),
             out_spare: vec![0; out_cap],
         }
+    }
+}
+
+/// A connection counted against its backend (for least-connections) while it lives.
+struct PoolSlot<'a> {
+    pool: &'a Pool,
+    index: usize,
+}
+
+impl Drop for PoolSlot<'_> {
+    fn drop(&mut self) {
+        self.pool.closed(self.index);
     }
 }
 
@@ -236,17 +249,57 @@ async fn run(
         }
     }
 
-    let Backend::Addr(backend_addr) = svc.backend else {
-        unreachable!("built-in backends are resolved to addresses before workers start");
-    };
-    let backend = tokio::select! {
-        r = connect::connect(backend_addr, &svc.tunables, svc.tunables.connect_timeout) => r,
-        _ = ctx.force_close.notified() => Err(ConnectError::TimedOut),
-    };
-    let backend = match backend {
+    // Built-in backends are resolved to addresses before workers start.
+    let addrs = svc.backend.addrs();
+    if addrs.is_empty() {
+        return CloseReason::BackendConnectError;
+    }
+    // Failover: the pool's order, all within one connect_timeout.
+    let deadline = Instant::now() + svc.tunables.connect_timeout;
+    let mut outcome = Err(ConnectError::TimedOut);
+    let mut backend_addr = addrs.first().copied().unwrap_or(peer);
+    let mut slot = None;
+    for i in rt.pool.order(Instant::now()) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        backend_addr = addrs[i];
+        let mut forced = false;
+        let attempt = tokio::select! {
+            r = connect::connect(backend_addr, &svc.tunables, left) => r,
+            _ = ctx.force_close.notified() => { forced = true; Err(ConnectError::TimedOut) }
+        };
+        match attempt {
+            Ok(b) => {
+                if rt.pool.connected(i) == HealthChange::Up {
+                    info!(worker = ctx.id, service = %svc.name, backend = %backend_addr, "backend up");
+                }
+                slot = Some(PoolSlot {
+                    pool: &rt.pool,
+                    index: i,
+                });
+                outcome = Ok(b);
+                break;
+            }
+            Err(e) => {
+                obs::inc(&ctx.stats.backend_connect_failures);
+                if rt.pool.failed(i, Instant::now()) == HealthChange::Down {
+                    warn!(worker = ctx.id, service = %svc.name, backend = %backend_addr, retry_after = ?svc.pool.retry, "backend down");
+                } else if addrs.len() > 1 {
+                    debug!(worker = ctx.id, service = %svc.name, backend = %backend_addr, error = %e, "backend connect failed, trying the next");
+                }
+                outcome = Err(e);
+                if forced {
+                    break;
+                }
+            }
+        }
+    }
+    let _slot = slot;
+    let backend = match outcome {
         Ok(b) => b,
         Err(e) => {
-            obs::inc(&ctx.stats.backend_connect_failures);
             let reason = match e {
                 ConnectError::Refused => CloseReason::BackendConnectRefused,
                 ConnectError::TimedOut => CloseReason::BackendConnectTimeout,

@@ -70,6 +70,8 @@ pub(crate) struct ServiceRt {
     pub tls: Arc<rustls::ServerConfig>,
     /// Its ChaCha20-first variant, for clients that prefer ChaCha20 (`cipher_preference`).
     pub tls_chacha_first: Option<Arc<rustls::ServerConfig>>,
+    /// This worker's view of the service's backends (balancing, passive health).
+    pub pool: crate::route::pool::Pool,
     /// This worker's share of `max_connections`.
     pub limit: u32,
     /// Open connections of this service on this worker.
@@ -102,6 +104,7 @@ impl ServiceRt {
             index,
             tls,
             tls_chacha_first,
+            pool: crate::route::pool::Pool::new(svc.backend.addrs().len().max(1), svc.pool),
             limit: svc.tunables.max_connections.div_ceil(workers).max(1),
             active,
             stats,
