@@ -208,3 +208,39 @@ fn bad_pool_settings_name_file_line_and_field() {
         assert!(out.stderr.contains(&want), "{line}: {}", out.stderr);
     }
 }
+
+#[test]
+fn active_checks_find_a_dead_backend_without_traffic_and_see_it_return() {
+    let env = TestEnv::new();
+    let live = Backend::echo();
+    let dead = closed_port_addr();
+    let proxy = start_with(
+        &env,
+        &[
+            &pool_line(&[live.addr, dead]),
+            r#"health_check = "200ms""#,
+            "health_fail_after = 2",
+            r#"health_retry = "1h""#,
+        ],
+    );
+    // No client connected: only the checks can have found it.
+    assert!(
+        proxy.wait_for_log(&format!("backend={dead}"), Duration::from_secs(10))
+            && proxy.wait_for_log("backend down (health check)", Duration::from_secs(10)),
+        "{}",
+        proxy.log()
+    );
+    assert!(
+        !proxy.log_contains(&format!("backend={} ", live.addr)),
+        "{}",
+        proxy.log()
+    );
+    // It returns: a check sees it long before the 1 h back-off would.
+    let revived = TcpListener::bind(dead).expect("rebind the freed port");
+    std::thread::spawn(move || for _s in revived.incoming() {});
+    assert!(
+        proxy.wait_for_log("backend up (health check)", Duration::from_secs(10)),
+        "{}",
+        proxy.log()
+    );
+}

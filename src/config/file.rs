@@ -43,6 +43,7 @@ pub struct ServiceSection {
     pub balance: Option<String>,
     pub health_fail_after: Option<u32>,
     pub health_retry: Option<DurationValue>,
+    pub health_check: Option<DurationValue>,
     pub cert: Option<String>,
     pub key: Option<String>,
     pub min_version: Option<String>,

@@ -520,6 +520,13 @@ impl Builder<'_> {
                 None => defaults.fail_after,
             },
             retry: raw.health_retry.map_or(defaults.retry, |d| d.0),
+            check: match raw.health_check {
+                Some(d) if d.0 < Duration::from_millis(100) => {
+                    return Err(self.err(sec, "health_check", "must be 100ms or more"))
+                }
+                Some(d) => Some(d.0),
+                None => None,
+            },
         };
         let proxy_protocol = match raw.proxy_protocol.as_deref() {
             None | Some("off") => None,

@@ -31,6 +31,8 @@ pub struct PoolPolicy {
     pub fail_after: u32,
     /// How long a down backend is skipped before it is tried again.
     pub retry: Duration,
+    /// Active checks: a TCP connect to every backend this often (per worker).
+    pub check: Option<Duration>,
 }
 
 impl Default for PoolPolicy {
@@ -39,6 +41,7 @@ impl Default for PoolPolicy {
             balance: Balance::RoundRobin,
             fail_after: 3,
             retry: Duration::from_secs(10),
+            check: None,
         }
     }
 }
@@ -113,6 +116,17 @@ impl Pool {
         }
     }
 
+    /// An active check connected: the failure count starts over and a down backend is up.
+    pub fn check_ok(&self, i: usize) -> HealthChange {
+        let s = &self.states[i];
+        s.fails.set(0);
+        if s.down_until.take().is_some() {
+            HealthChange::Up
+        } else {
+            HealthChange::None
+        }
+    }
+
     pub fn closed(&self, i: usize) {
         let s = &self.states[i];
         s.active.set(s.active.get().saturating_sub(1));
@@ -144,6 +158,7 @@ mod tests {
                 balance,
                 fail_after: 2,
                 retry: Duration::from_secs(10),
+                check: None,
             },
         )
     }

@@ -99,7 +99,7 @@ impl ServiceRt {
             .tls_chacha_first
             .as_ref()
             .map(|v| crate::tls::per_worker_variant(v, &tls));
-        Rc::new(ServiceRt {
+        let rt = Rc::new(ServiceRt {
             config: config.clone(),
             index,
             tls,
@@ -108,7 +108,11 @@ impl ServiceRt {
             limit: svc.tunables.max_connections.div_ceil(workers).max(1),
             active,
             stats,
-        })
+        });
+        if let Some(every) = svc.pool.check {
+            tokio_uring::spawn(health_checks(Rc::downgrade(&rt), every));
+        }
+        rt
     }
 
     pub fn svc(&self) -> &Service {
@@ -120,6 +124,33 @@ impl ServiceRt {
         match &self.tls_chacha_first {
             Some(chacha) if crate::tls::client_prefers_chacha(offered) => chacha,
             _ => &self.tls,
+        }
+    }
+}
+
+/// Active health checks of a service's backends, from this worker, for as long as the
+/// service (this configuration of it) is in use.
+async fn health_checks(rt: std::rc::Weak<ServiceRt>, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(rt) = rt.upgrade() else { return };
+        let svc = rt.svc();
+        for (i, addr) in svc.backend.addrs().iter().enumerate() {
+            let timeout = svc.tunables.connect_timeout;
+            match crate::io::connect::connect(*addr, &svc.tunables, timeout).await {
+                Ok(stream) => {
+                    drop(stream);
+                    if rt.pool.check_ok(i) == crate::route::pool::HealthChange::Up {
+                        info!(service = %svc.name, backend = %addr, "backend up (health check)");
+                    }
+                }
+                Err(e) => {
+                    let now = std::time::Instant::now();
+                    if rt.pool.failed(i, now) == crate::route::pool::HealthChange::Down {
+                        warn!(service = %svc.name, backend = %addr, error = %e, "backend down (health check)");
+                    }
+                }
+            }
         }
     }
 }
