@@ -457,13 +457,96 @@ impl Schedule {
         self.start + self.period.mul_f64(k as f64 + self.phase)
     }
 
-    /// The intended start times of the slots that fell due by `at` but were never claimed
-    /// (the target kept every connection or slot busy).
-    pub fn unclaimed(&self, at: tokio::time::Instant) -> Vec<tokio::time::Instant> {
-        let elapsed = at.saturating_duration_since(self.start).as_secs_f64();
+    /// Records the slots that fell due by now but were never claimed (the target kept
+    /// every connection or slot busy) as unsent, their wait so far a lower bound of their
+    /// latency. Called when the run stops.
+    pub fn record_unclaimed(&self, ctx: &Ctx) {
+        let end = tokio::time::Instant::now();
+        let elapsed = end.saturating_duration_since(self.start).as_secs_f64();
         let due = (elapsed / self.period.as_secs_f64() - self.phase).floor() + 1.0;
-        (self.next.get()..due.max(0.0) as u64)
-            .map(|k| self.start + self.period.mul_f64(k as f64 + self.phase))
-            .collect()
+        ctx.rec(|r| {
+            for k in self.next.get()..due.max(0.0) as u64 {
+                let at = self.start + self.period.mul_f64(k as f64 + self.phase);
+                let waited = end.saturating_duration_since(at).as_nanos();
+                r.unsent(u64::try_from(waited).unwrap_or(u64::MAX));
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(duration: Duration) -> Plan {
+        Plan {
+            threads: 2,
+            cpus: Vec::new(),
+            pin: false,
+            warmup: Duration::ZERO,
+            duration,
+            interval: Duration::from_millis(100),
+            grace: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn slots_that_fell_due_but_were_never_claimed_are_recorded_as_unsent() {
+        // 200/s over two threads for 0.5 s: about 100 slots, of which each thread claims
+        // its first three and then blocks until the end.
+        let work: Work = Arc::new(|ctx: Ctx| {
+            Box::pin(async move {
+                let schedule = Schedule::new(&ctx, 200.0);
+                for _ in 0..3 {
+                    schedule.claim();
+                }
+                ctx.stopped().await;
+                schedule.record_unclaimed(&ctx);
+            })
+        });
+        let out = run(&plan(Duration::from_millis(500)), work, |_| Next::Continue).unwrap();
+        let unsent = out.tail.counts.unsent;
+        assert!((90..=104).contains(&unsent), "{unsent}");
+        assert_eq!(
+            out.tail.latency.len(),
+            unsent,
+            "each one has its wait recorded"
+        );
+        // The oldest waited about the whole run.
+        assert!(
+            out.tail.latency.max() >= 450_000_000,
+            "{}",
+            out.tail.latency.max()
+        );
+    }
+
+    #[test]
+    fn intervals_merge_every_threads_sample_and_the_window_adds_up() {
+        let work: Work = Arc::new(|ctx: Ctx| {
+            Box::pin(async move {
+                while !ctx.stopping() {
+                    ctx.rec(|r| r.counts.ok += 1);
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            })
+        });
+        let mut seen = 0;
+        let out = run(&plan(Duration::from_millis(300)), work, |i| {
+            seen += 1;
+            assert!(!i.warmup);
+            Next::Continue
+        })
+        .unwrap();
+        assert_eq!(seen, 3);
+        assert_eq!(out.intervals.len(), 3);
+        assert_eq!(out.window, Duration::from_millis(300));
+        let sum: u64 = out.intervals.iter().map(|i| i.sample.counts.ok).sum();
+        assert_eq!(sum, out.total.counts.ok);
+        // Two threads, one op per ~10 ms each, for 0.3 s.
+        assert!(
+            (40..=62).contains(&out.total.counts.ok),
+            "{}",
+            out.total.counts.ok
+        );
     }
 }

@@ -97,15 +97,8 @@ async fn run(ctx: Ctx, cfg: Arc<Handshake>) {
                 // Reap finished tasks so the set does not grow with the run.
                 while tasks.try_join_next().is_some() {}
             }
-            // Connections due but never started (the --concurrency cap was reached): their
-            // wait until the end is a lower bound of their latency.
-            let end = Instant::now();
-            let unstarted = schedule.unclaimed(end);
-            ctx.rec(|r| {
-                for due in unstarted {
-                    r.unsent(nanos(end - due));
-                }
-            });
+            // Connections due but never started (the --concurrency cap was reached).
+            schedule.record_unclaimed(&ctx);
         }
     }
     while tasks.join_next().await.is_some() {}

@@ -82,15 +82,8 @@ async fn run(ctx: Ctx, cfg: Arc<Latency>) {
         });
     }
     ctx.stopped().await;
-    // Requests that fell due while every connection was busy and were never sent: their
-    // wait until the end is a lower bound of their latency.
-    let end = Instant::now();
-    let unsent = schedule.unclaimed(end);
-    ctx.rec(|r| {
-        for due in unsent {
-            r.unsent(nanos(end - due));
-        }
-    });
+    // Requests that fell due while every connection was busy and were never sent.
+    schedule.record_unclaimed(&ctx);
     while tasks.join_next().await.is_some() {}
 }
 
