@@ -182,6 +182,11 @@ fn bad_pool_settings_name_file_line_and_field() {
     for (line, field, msg) in [
         ("backend = []", "backend", "an empty list"),
         (
+            &format!("backend = [{}]", vec!["\"127.0.0.1:9\""; 65].join(", ")),
+            "backend",
+            "at most 64 backends per pool",
+        ),
+        (
             r#"balance = "random""#,
             "balance",
             "must be \"round_robin\" or \"least_connections\"",

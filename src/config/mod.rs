@@ -18,7 +18,7 @@ use file::{BackendValue, FileConfig, KeepaliveValue, ServiceSection, Workers};
 use locate::{Locator, Section};
 
 use crate::io::ktls::{self, KernelSupport};
-use crate::route::pool::{Balance, PoolPolicy};
+use crate::route::pool::{Balance, PoolPolicy, MAX_BACKENDS};
 use crate::route::proxy_header::ProxyVersion;
 use crate::tls::{self, CertSource, TlsPolicy};
 
@@ -475,6 +475,13 @@ impl Builder<'_> {
                         sec,
                         "backend",
                         "an empty list: name at least one backend",
+                    ));
+                }
+                if list.len() > MAX_BACKENDS {
+                    return Err(self.err(
+                        sec,
+                        "backend",
+                        format!("at most {MAX_BACKENDS} backends per pool"),
                     ));
                 }
                 let addrs = list

@@ -46,6 +46,22 @@ impl Default for PoolPolicy {
     }
 }
 
+/// Which backends a connection has tried: a bitmask (pools hold at most [`MAX_BACKENDS`]).
+#[derive(Clone, Copy)]
+struct Tried(u64);
+
+/// Most backends one pool may have.
+pub const MAX_BACKENDS: usize = 64;
+
+impl Tried {
+    fn contains(self, i: usize) -> bool {
+        self.0 & (1 << i) != 0
+    }
+    fn insert(&mut self, i: usize) {
+        self.0 |= 1 << i;
+    }
+}
+
 #[derive(Debug, Default)]
 struct State {
     active: Cell<u32>,
@@ -72,7 +88,12 @@ pub enum HealthChange {
 }
 
 impl Pool {
+    /// `backends` is at most [`MAX_BACKENDS`] (the config checks it).
     pub fn new(backends: usize, policy: PoolPolicy) -> Self {
+        assert!(
+            backends <= MAX_BACKENDS,
+            "a pool holds at most {MAX_BACKENDS} backends"
+        );
         Pool {
             policy,
             states: (0..backends).map(|_| State::default()).collect(),
@@ -86,23 +107,32 @@ impl Pool {
 
     /// The order to try the backends in for one connection: the healthy ones by the
     /// balancing rule, then those that are down (a last resort, soonest retry first), so a
-    /// connection is refused only when every backend fails.
-    pub fn order(&self, now: Instant) -> Vec<usize> {
+    /// connection is refused only when every backend fails. Lazy and allocation-free: each
+    /// step picks the best backend not tried yet.
+    pub fn order(&self, now: Instant) -> impl Iterator<Item = usize> + '_ {
         let n = self.states.len();
         let start = self.next.get() % n.max(1);
         self.next.set(start + 1);
-        let mut up: Vec<usize> = (0..n)
-            .map(|k| (start + k) % n)
-            .filter(|&i| self.is_up(i, now))
-            .collect();
-        if self.policy.balance == Balance::LeastConnections {
-            // Stable: ties keep the round-robin rotation.
-            up.sort_by_key(|&i| self.states[i].active.get());
-        }
-        let mut down: Vec<usize> = (0..n).filter(|&i| !self.is_up(i, now)).collect();
-        down.sort_by_key(|&i| self.states[i].down_until.get());
-        up.extend(down);
-        up
+        let mut tried = Tried(0);
+        std::iter::from_fn(move || {
+            // Rank: up before down; then fewest open connections (least-connections) or
+            // soonest retry (down); then the round-robin rotation from `start`.
+            let best = (0..n)
+                .map(|k| (start + k) % n)
+                .filter(|&i| !tried.contains(i))
+                .min_by_key(|&i| {
+                    let s = &self.states[i];
+                    let up = self.is_up(i, now);
+                    let load = if up && self.policy.balance == Balance::LeastConnections {
+                        s.active.get()
+                    } else {
+                        0
+                    };
+                    (!up, load, if up { None } else { s.down_until.get() })
+                })?;
+            tried.insert(best);
+            Some(best)
+        })
     }
 
     pub fn connected(&self, i: usize) -> HealthChange {
@@ -167,9 +197,10 @@ mod tests {
     fn round_robin_rotates_the_first_choice() {
         let p = pool(3, Balance::RoundRobin);
         let now = Instant::now();
-        let firsts: Vec<usize> = (0..6).map(|_| p.order(now)[0]).collect();
+        let firsts: Vec<usize> = (0..6).map(|_| p.order(now).next().unwrap()).collect();
         assert_eq!(firsts, [0, 1, 2, 0, 1, 2]);
-        assert_eq!(p.order(now), [0, 1, 2]);
+        assert_eq!(p.order(now).collect::<Vec<_>>(), [0, 1, 2]);
+        assert_eq!(p.order(now).collect::<Vec<_>>(), [1, 2, 0]);
     }
 
     #[test]
@@ -179,10 +210,23 @@ mod tests {
         p.connected(0);
         p.connected(0);
         p.connected(1);
-        assert_eq!(p.order(now)[0], 1);
+        assert_eq!(p.order(now).collect::<Vec<_>>(), [1, 0]);
         p.closed(0);
         p.closed(0);
-        assert_eq!(p.order(now)[0], 0);
+        assert_eq!(p.order(now).next(), Some(0));
+    }
+
+    #[test]
+    fn down_backends_come_last_soonest_retry_first_and_each_is_offered_once() {
+        let p = pool(4, Balance::LeastConnections);
+        let t0 = Instant::now();
+        for _ in 0..2 {
+            p.failed(1, t0 + Duration::from_secs(5)); // retry at 15 s
+            p.failed(3, t0); // retry at 10 s
+        }
+        p.connected(0);
+        let order: Vec<usize> = p.order(t0).collect();
+        assert_eq!(order, [2, 0, 3, 1]);
     }
 
     #[test]
@@ -193,11 +237,14 @@ mod tests {
         assert_eq!(p.failed(0, t0), HealthChange::Down);
         // Down: tried last, whatever the rotation says.
         for _ in 0..4 {
-            assert_eq!(p.order(t0 + Duration::from_secs(1)), [1, 0]);
+            assert_eq!(
+                p.order(t0 + Duration::from_secs(1)).collect::<Vec<_>>(),
+                [1, 0]
+            );
         }
         // After the back-off it is back in the rotation, and a success clears it.
         let later = t0 + Duration::from_secs(11);
-        let firsts: Vec<usize> = (0..2).map(|_| p.order(later)[0]).collect();
+        let firsts: Vec<usize> = (0..2).map(|_| p.order(later).next().unwrap()).collect();
         assert!(firsts.contains(&0), "{firsts:?}");
         assert_eq!(p.connected(0), HealthChange::Up);
         assert_eq!(
