@@ -17,7 +17,6 @@
 pub mod config;
 pub mod conn;
 pub mod demo;
-pub mod echo;
 pub mod io;
 pub mod obs;
 pub mod route;

@@ -131,6 +131,19 @@ pub struct ReloadSource {
     pub overrides: Overrides,
 }
 
+/// The built-in loopback echo backend for quick starts: tlsfront-load's backend, one
+/// thread on the last CPU this process may use (workers start from the first).
+fn spawn_echo() -> std::io::Result<SocketAddr> {
+    use tlsfront_load::backend::{Backend as EchoBackend, Mode};
+    let last = core_affinity::get_core_ids()
+        .and_then(|ids| ids.last().map(|c| c.id))
+        .unwrap_or(0);
+    EchoBackend::bind("127.0.0.1:0", Mode::Echo)?
+        .threads(1)
+        .cpus(vec![last])
+        .spawn()
+}
+
 /// Resolves the built-in echo backend and announces what the operator should know.
 fn prepare(config: &mut Config, echo: &mut Option<SocketAddr>) -> Result<(), ServerError> {
     for svc in &mut config.services {
@@ -138,7 +151,7 @@ fn prepare(config: &mut Config, echo: &mut Option<SocketAddr>) -> Result<(), Ser
             let addr = match echo {
                 Some(a) => *a,
                 None => {
-                    let a = crate::echo::spawn_echo().map_err(ServerError::Echo)?;
+                    let a = spawn_echo().map_err(ServerError::Echo)?;
                     warn!(service = %svc.name, "no backend configured: started built-in loopback echo backend at {a}");
                     *echo = Some(a);
                     a
