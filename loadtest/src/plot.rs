@@ -7,6 +7,8 @@ use anyhow::{anyhow, Context};
 use hdrhistogram::Histogram;
 use plotters::prelude::*;
 
+use plotters::coord::ranged1d::{AsRangedCoord, ValueFormatter};
+
 use crate::report::{IntervalRow, RampStep};
 
 const SIZE: (u32, u32) = (900, 540);
@@ -16,63 +18,46 @@ fn err<E: std::fmt::Debug>(path: &Path) -> impl Fn(E) -> anyhow::Error + '_ {
     move |e| anyhow!("drawing {}: {e:?}", path.display())
 }
 
+/// One named series.
+struct Line {
+    name: String,
+    points: Vec<(f64, f64)>,
+    color: RGBColor,
+    /// Also mark each point.
+    dots: bool,
+}
+
 /// Percentile spectrum of each named histogram (values in ns, drawn in ms).
 pub fn spectrum(
     path: &Path,
     title: &str,
     series: &[(&str, &Histogram<u64>)],
 ) -> anyhow::Result<()> {
-    let curves: Vec<(&str, Vec<(f64, f64)>)> = series
+    let lines: Vec<Line> = series
         .iter()
         .filter(|(_, h)| !h.is_empty())
-        .map(|(name, h)| {
-            let points = h
+        .zip(COLORS.iter().cycle())
+        .map(|((name, h), color)| Line {
+            name: name.to_string(),
+            points: h
                 .iter_quantiles(5)
                 .map(|v| {
                     let q = v.quantile_iterated_to().min(0.999_999);
                     (1.0 / (1.0 - q), v.value_iterated_to() as f64 / 1e6)
                 })
-                .collect();
-            (*name, points)
+                .collect(),
+            color: *color,
+            dots: false,
         })
         .collect();
-    let max_x = curves
-        .iter()
-        .flat_map(|(_, p)| p.iter().map(|(x, _)| *x))
-        .fold(10.0f64, f64::max)
-        .min(1e6);
-    let max_y = curves
-        .iter()
-        .flat_map(|(_, p)| p.iter().map(|(_, y)| *y))
-        .fold(0.001f64, f64::max)
-        * 1.1;
-    let root = SVGBackend::new(path, SIZE).into_drawing_area();
-    root.fill(&WHITE).map_err(err(path))?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 20))
-        .margin(15)
-        .x_label_area_size(45)
-        .y_label_area_size(65)
-        .build_cartesian_2d((1f64..max_x).log_scale(), 0f64..max_y)
-        .map_err(err(path))?;
-    chart
-        .configure_mesh()
-        .x_desc("percentile")
-        .y_desc("latency (ms)")
-        .x_label_formatter(&|x| percentile_label(*x))
-        .draw()
-        .map_err(err(path))?;
-    for (i, (name, points)) in curves.into_iter().enumerate() {
-        let color = COLORS[i % COLORS.len()];
-        chart
-            .draw_series(LineSeries::new(points, color.stroke_width(2)))
-            .map_err(err(path))?
-            .label(name)
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-            });
-    }
-    legend_and_save(&mut chart, &root, path)
+    let max_x = max_of(&lines, |p| p.0, 10.0).min(1e6);
+    let max_y = max_of(&lines, |p| p.1, 0.001) * 1.1;
+    let axes = Axes {
+        x_desc: "percentile",
+        y_desc: "latency (ms)",
+        x_label: Some(&|x: &f64| percentile_label(*x)),
+    };
+    draw(path, title, (1f64..max_x).log_scale(), max_y, &axes, lines)
 }
 
 fn percentile_label(x: f64) -> String {
@@ -90,36 +75,28 @@ fn percentile_label(x: f64) -> String {
 pub fn ramp(path: &Path, unit: &str, steps: &[RampStep], slo_ms: f64) -> anyhow::Result<()> {
     let max_x = steps.iter().map(|s| s.offered).fold(1.0f64, f64::max) * 1.05;
     let max_y = steps.iter().map(|s| s.p99_ms).fold(slo_ms, f64::max) * 1.15;
-    let root = SVGBackend::new(path, SIZE).into_drawing_area();
-    root.fill(&WHITE).map_err(err(path))?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(format!("ramp: p99 vs offered {unit}/s"), ("sans-serif", 20))
-        .margin(15)
-        .x_label_area_size(45)
-        .y_label_area_size(65)
-        .build_cartesian_2d(0f64..max_x, 0f64..max_y)
-        .map_err(err(path))?;
-    chart
-        .configure_mesh()
-        .x_desc(format!("offered {unit}/s"))
-        .y_desc("p99 latency (ms)")
-        .draw()
-        .map_err(err(path))?;
-    let points: Vec<(f64, f64)> = steps.iter().map(|s| (s.offered, s.p99_ms)).collect();
-    chart
-        .draw_series(LineSeries::new(points.clone(), RED.stroke_width(2)))
-        .map_err(err(path))?
-        .label("p99")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED.stroke_width(2)));
-    chart
-        .draw_series(points.into_iter().map(|p| Circle::new(p, 4, RED.filled())))
-        .map_err(err(path))?;
-    chart
-        .draw_series(LineSeries::new(vec![(0.0, slo_ms), (max_x, slo_ms)], BLUE))
-        .map_err(err(path))?
-        .label("SLO")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE));
-    legend_and_save(&mut chart, &root, path)
+    let lines = vec![
+        Line {
+            name: "p99".into(),
+            points: steps.iter().map(|s| (s.offered, s.p99_ms)).collect(),
+            color: RED,
+            dots: true,
+        },
+        Line {
+            name: "SLO".into(),
+            points: vec![(0.0, slo_ms), (max_x, slo_ms)],
+            color: BLUE,
+            dots: false,
+        },
+    ];
+    let x_desc = format!("offered {unit}/s");
+    let axes = Axes {
+        x_desc: &x_desc,
+        y_desc: "p99 latency (ms)",
+        x_label: None,
+    };
+    let title = format!("ramp: p99 vs offered {unit}/s");
+    draw(path, &title, 0f64..max_x, max_y, &axes, lines)
 }
 
 /// Throughput per interval, each direction.
@@ -134,7 +111,51 @@ pub fn timeline(path: &Path, title: &str, rows: &[IntervalRow]) -> anyhow::Resul
         t0 = r.t_s;
     }
     let max_x = rows.last().map_or(1.0, |r| r.t_s).max(1e-3);
-    let max_y = sent.iter().chain(&recv).map(|p| p.1).fold(1.0f64, f64::max) * 1.15;
+    let lines: Vec<Line> = [("sent", sent), ("received", recv)]
+        .into_iter()
+        .zip(COLORS)
+        .map(|((name, points), color)| Line {
+            name: name.into(),
+            points,
+            color,
+            dots: false,
+        })
+        .collect();
+    let max_y = max_of(&lines, |p| p.1, 1.0) * 1.15;
+    let axes = Axes {
+        x_desc: "time (s)",
+        y_desc: "MB/s",
+        x_label: None,
+    };
+    draw(path, title, 0f64..max_x, max_y, &axes, lines)
+}
+
+fn max_of(lines: &[Line], coord: impl Fn(&(f64, f64)) -> f64, floor: f64) -> f64 {
+    lines
+        .iter()
+        .flat_map(|l| l.points.iter().map(&coord))
+        .fold(floor, f64::max)
+}
+
+struct Axes<'a> {
+    x_desc: &'a str,
+    y_desc: &'a str,
+    x_label: Option<&'a dyn Fn(&f64) -> String>,
+}
+
+/// The one drawing path: frame, mesh, the lines with a legend, written as SVG.
+fn draw<X>(
+    path: &Path,
+    title: &str,
+    x: X,
+    max_y: f64,
+    axes: &Axes<'_>,
+    lines: Vec<Line>,
+) -> anyhow::Result<()>
+where
+    X: AsRangedCoord<Value = f64>,
+    X::CoordDescType: ValueFormatter<f64>,
+{
     let root = SVGBackend::new(path, SIZE).into_drawing_area();
     root.fill(&WHITE).map_err(err(path))?;
     let mut chart = ChartBuilder::on(&root)
@@ -142,36 +163,33 @@ pub fn timeline(path: &Path, title: &str, rows: &[IntervalRow]) -> anyhow::Resul
         .margin(15)
         .x_label_area_size(45)
         .y_label_area_size(65)
-        .build_cartesian_2d(0f64..max_x, 0f64..max_y)
+        .build_cartesian_2d(x, 0f64..max_y)
         .map_err(err(path))?;
-    chart
-        .configure_mesh()
-        .x_desc("time (s)")
-        .y_desc("MB/s")
-        .draw()
-        .map_err(err(path))?;
-    for (i, (name, points)) in [("sent", sent), ("received", recv)].into_iter().enumerate() {
-        let color = COLORS[i];
+    let mut mesh = chart.configure_mesh();
+    mesh.x_desc(axes.x_desc).y_desc(axes.y_desc);
+    if let Some(f) = axes.x_label {
+        mesh.x_label_formatter(f);
+    }
+    mesh.draw().map_err(err(path))?;
+    for line in lines {
+        let color = line.color;
+        if line.dots {
+            chart
+                .draw_series(
+                    line.points
+                        .iter()
+                        .map(|p| Circle::new(*p, 4, color.filled())),
+                )
+                .map_err(err(path))?;
+        }
         chart
-            .draw_series(LineSeries::new(points, color.stroke_width(2)))
+            .draw_series(LineSeries::new(line.points, color.stroke_width(2)))
             .map_err(err(path))?
-            .label(name)
+            .label(line.name)
             .legend(move |(x, y)| {
                 PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
             });
     }
-    legend_and_save(&mut chart, &root, path)
-}
-
-fn legend_and_save<'a, X, Y>(
-    chart: &mut ChartContext<'a, SVGBackend<'a>, Cartesian2d<X, Y>>,
-    root: &DrawingArea<SVGBackend<'a>, plotters::coord::Shift>,
-    path: &Path,
-) -> anyhow::Result<()>
-where
-    X: plotters::coord::ranged1d::Ranged<ValueType = f64>,
-    Y: plotters::coord::ranged1d::Ranged<ValueType = f64>,
-{
     chart
         .configure_series_labels()
         .position(SeriesLabelPosition::UpperLeft)
@@ -185,7 +203,56 @@ where
 
 #[cfg(test)]
 mod tests {
-    use super::percentile_label;
+    use super::*;
+
+    /// Each kind of plot writes an SVG naming its series in the legend, one polyline each.
+    #[test]
+    fn every_plot_names_its_series() {
+        let dir = std::env::temp_dir().join(format!("tlsfront-plot-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut h = crate::stats::histogram();
+        for v in 1..1000u64 {
+            h.record(v * 1_000).unwrap();
+        }
+        let rows: Vec<IntervalRow> = (1..=3)
+            .map(|i| IntervalRow {
+                t_s: i as f64,
+                sent: 1_000_000 * i,
+                received: 500_000,
+                ..Default::default()
+            })
+            .collect();
+        let steps = [RampStep {
+            offered: 100.0,
+            achieved: 100.0,
+            p99_ms: 3.0,
+            error_share: 0.0,
+            ok: true,
+        }];
+        let cases: [(&str, &[&str]); 3] = [
+            ("spectrum.svg", &["only"]),
+            ("timeline.svg", &["sent", "received"]),
+            ("ramp.svg", &["p99", "SLO"]),
+        ];
+        spectrum(&dir.join(cases[0].0), "t", &[("only", &h)]).unwrap();
+        timeline(&dir.join(cases[1].0), "t", &rows).unwrap();
+        ramp(&dir.join(cases[2].0), "requests", &steps, 5.0).unwrap();
+        for (file, names) in cases {
+            let svg = std::fs::read_to_string(dir.join(file)).unwrap();
+            assert!(
+                svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"),
+                "{file}"
+            );
+            for name in names {
+                assert!(
+                    svg.contains(&format!("\n{name}\n</text>")),
+                    "{file}: {name}"
+                );
+            }
+            assert!(svg.matches("<polyline").count() >= names.len(), "{file}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn percentile_labels_show_the_nines() {
