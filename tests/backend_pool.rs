@@ -249,3 +249,37 @@ fn active_checks_find_a_dead_backend_without_traffic_and_see_it_return() {
         proxy.log()
     );
 }
+
+#[test]
+fn a_reload_hands_the_checks_to_the_new_configuration_instead_of_doubling_them() {
+    let env = TestEnv::new();
+    let checked = Backend::echo();
+    let proxy = start_with(
+        &env,
+        &[&pool_line(&[checked.addr]), r#"health_check = "100ms""#],
+    );
+    let rate = |what: &str| {
+        let before = checked.connections();
+        std::thread::sleep(Duration::from_millis(1500));
+        let n = checked.connections() - before;
+        eprintln!("{what}: {n} checks in 1.5 s");
+        n
+    };
+    let before = rate("before the reload");
+    assert!(before >= 8, "checks run every 100 ms: {before}");
+    // A connection keeps the old configuration alive across the reload.
+    let mut open = tls_connect_ok(proxy.addr(), &env.client());
+    assert_echo(&mut open, b"old\n", "before the reload");
+    proxy.signal(Signal::HUP);
+    assert!(
+        proxy.wait_for_log("reload ok", Duration::from_secs(10)),
+        "{}",
+        proxy.log()
+    );
+    let after = rate("after the reload");
+    assert!(
+        after * 2 < before * 3,
+        "old and new configuration both checking: {before} → {after}"
+    );
+    assert_echo(&mut open, b"still served\n", "after the reload");
+}

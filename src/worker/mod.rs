@@ -77,6 +77,9 @@ pub(crate) struct ServiceRt {
     /// Open connections of this service on this worker.
     pub active: Rc<Cell<u32>>,
     pub stats: Rc<ServiceStats>,
+    /// Set when a reload replaced this configuration: its health checks stop (open
+    /// connections still use it to their end).
+    pub retired: Cell<bool>,
 }
 
 impl ServiceRt {
@@ -108,6 +111,7 @@ impl ServiceRt {
             limit: svc.tunables.max_connections.div_ceil(workers).max(1),
             active,
             stats,
+            retired: Cell::new(false),
         });
         if let Some(every) = svc.pool.check {
             tokio_uring::spawn(health_checks(Rc::downgrade(&rt), every));
@@ -133,7 +137,9 @@ impl ServiceRt {
 async fn health_checks(rt: std::rc::Weak<ServiceRt>, every: Duration) {
     loop {
         tokio::time::sleep(every).await;
-        let Some(rt) = rt.upgrade() else { return };
+        let Some(rt) = rt.upgrade().filter(|rt| !rt.retired.get()) else {
+            return;
+        };
         let svc = rt.svc();
         for (i, addr) in svc.backend.addrs().iter().enumerate() {
             let timeout = svc.tunables.connect_timeout;
@@ -311,6 +317,7 @@ fn apply_reload(ctx: &Rc<WorkerCtx>, old: Vec<ListenerRt>, reload: Reload) -> Ve
                 };
                 let l = l.take().expect("found above");
                 let previous = l.current.borrow().clone();
+                previous.retired.set(true);
                 let rt = ServiceRt::new(
                     &config,
                     index,
@@ -328,6 +335,7 @@ fn apply_reload(ctx: &Rc<WorkerCtx>, old: Vec<ListenerRt>, reload: Reload) -> Ve
     }
     for l in old.into_iter().flatten() {
         info!(worker = ctx.id, addr = %l.addr, service = %l.current.borrow().svc().name, "reload: listener closed");
+        l.current.borrow().retired.set(true);
         let _ = l.shutdown_handle.shutdown(std::net::Shutdown::Both);
     }
     *ctx.config.borrow_mut() = config;
