@@ -177,44 +177,6 @@ fn when_every_backend_fails_the_client_gets_a_clean_close() {
 }
 
 #[test]
-fn bad_pool_settings_name_file_line_and_field() {
-    let env = TestEnv::new();
-    for (line, field, msg) in [
-        ("backend = []", "backend", "an empty list"),
-        (
-            &format!("backend = [{}]", vec!["\"127.0.0.1:9\""; 65].join(", ")),
-            "backend",
-            "at most 64 backends per pool",
-        ),
-        (
-            r#"balance = "random""#,
-            "balance",
-            "must be \"round_robin\" or \"least_connections\"",
-        ),
-        (
-            "health_fail_after = 0",
-            "health_fail_after",
-            "must be at least 1",
-        ),
-    ] {
-        let toml = env.config("127.0.0.1:9").service(line).to_toml();
-        let toml = if field == "backend" {
-            toml.replace("backend = \"127.0.0.1:9\"\n", "")
-        } else {
-            toml
-        };
-        let path = env.write_config(&toml);
-        let out = run_tlsfront(
-            ["check".as_ref(), "--config".as_ref(), path.as_os_str()],
-            Duration::from_secs(20),
-        );
-        assert_eq!(out.code(), Some(2), "{line}");
-        let want = format!("line {}: service[0].{field}: {msg}", line_of(&toml, line));
-        assert!(out.stderr.contains(&want), "{line}: {}", out.stderr);
-    }
-}
-
-#[test]
 fn active_checks_find_a_dead_backend_without_traffic_and_see_it_return() {
     let env = TestEnv::new();
     let live = Backend::echo();

@@ -152,29 +152,6 @@ fn openssl_client_listing_chacha_first_gets_chacha_under_auto() {
 }
 
 #[test]
-fn a_bad_cipher_preference_names_file_line_and_field() {
-    let env = TestEnv::new();
-    let toml = env
-        .config("127.0.0.1:9")
-        .service(r#"cipher_preference = "fastest""#)
-        .to_toml();
-    let path = env.write_config(&toml);
-    let out = run_tlsfront(
-        ["check".as_ref(), "--config".as_ref(), path.as_os_str()],
-        std::time::Duration::from_secs(20),
-    );
-    assert_eq!(out.code(), Some(2));
-    let line = line_of(&toml, "cipher_preference");
-    assert!(
-        out.stderr.contains(&format!(
-            "line {line}: service[0].cipher_preference: must be \"auto\", \"server\" or \"client\", got \"fastest\""
-        )),
-        "{}",
-        out.stderr
-    );
-}
-
-#[test]
 fn ciphers_command_reports_features_speeds_and_an_order() {
     let out = run_tlsfront(
         ["ciphers", "--duration", "20ms", "--json"],

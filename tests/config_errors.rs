@@ -359,3 +359,62 @@ fn serve_full_example_binds_both_services() {
         assert_echo(&mut tls, name.as_bytes(), name);
     }
 }
+
+/// `line` (added to the service, replacing its single backend when it sets `backend`) is
+/// refused by check and serve with `line N: service[0].FIELD: MESSAGE` pointing at it.
+fn expect_service_error(line: &str, field: &str, message: &str) {
+    let env = TestEnv::new();
+    let mut toml = env.config(BACKEND).service(line).to_toml();
+    if field == "backend" {
+        toml = toml.replace(&format!("backend = \"{BACKEND}\"\n"), "");
+    }
+    let at = line_of(&toml, line);
+    let exact = format!("line {at}: service[0].{field}: {message}");
+    expect_error(&env, &toml, line, &[], &[&exact]);
+}
+
+#[test]
+fn bad_cipher_preference() {
+    expect_service_error(
+        r#"cipher_preference = "fastest""#,
+        "cipher_preference",
+        r#"must be "auto", "server" or "client", got "fastest""#,
+    );
+}
+
+#[test]
+fn bad_proxy_protocol_settings() {
+    expect_service_error(
+        r#"proxy_protocol = "v3""#,
+        "proxy_protocol",
+        r#"must be "v1", "v2" or "off", got "v3""#,
+    );
+    expect_service_error("accept_proxy = true", "accept_proxy", "needs proxy_sources");
+    expect_service_error(
+        r#"proxy_sources = ["10.0.0.0/8"]"#,
+        "proxy_sources",
+        "only used with accept_proxy = true",
+    );
+}
+
+#[test]
+fn bad_backend_pool_settings() {
+    expect_service_error("backend = []", "backend", "an empty list");
+    let many = format!("backend = [{}]", vec!["\"127.0.0.1:9\""; 65].join(", "));
+    expect_service_error(&many, "backend", "at most 64 backends per pool");
+    expect_service_error(
+        r#"balance = "random""#,
+        "balance",
+        r#"must be "round_robin" or "least_connections""#,
+    );
+    expect_service_error(
+        "health_fail_after = 0",
+        "health_fail_after",
+        "must be at least 1",
+    );
+    expect_service_error(
+        r#"health_check = "10ms""#,
+        "health_check",
+        "must be 100ms or more",
+    );
+}

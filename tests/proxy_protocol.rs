@@ -150,29 +150,6 @@ fn v1_is_a_text_line_with_the_client_address() {
     );
 }
 
-#[test]
-fn a_bad_proxy_protocol_value_names_file_line_and_field() {
-    let env = TestEnv::new();
-    let toml = env
-        .config("127.0.0.1:9")
-        .service(r#"proxy_protocol = "v3""#)
-        .to_toml();
-    let path = env.write_config(&toml);
-    let out = run_tlsfront(
-        ["check".as_ref(), "--config".as_ref(), path.as_os_str()],
-        Duration::from_secs(20),
-    );
-    assert_eq!(out.code(), Some(2));
-    let line = line_of(&toml, "proxy_protocol");
-    assert!(
-        out.stderr.contains(&format!(
-            "line {line}: service[0].proxy_protocol: must be \"v1\", \"v2\" or \"off\", got \"v3\""
-        )),
-        "{}",
-        out.stderr
-    );
-}
-
 /// A TLS session over a socket that first sends `header` (as a load balancer would).
 fn proxied_tls(addr: SocketAddr, env: &TestEnv, header: &[u8]) -> std::io::Result<TlsStream> {
     use std::io::Write;
@@ -286,27 +263,4 @@ fn inbound_proxy_is_refused_from_others_and_required_from_balancers() {
     // Another connection is unaffected.
     let mut tls = proxied_tls(behind.addr(), &env2, b"PROXY UNKNOWN\r\n").unwrap();
     assert_echo(&mut tls, b"health check style\n", "LOCAL/UNKNOWN header");
-}
-
-#[test]
-fn accept_proxy_without_sources_is_a_config_error() {
-    let env = TestEnv::new();
-    let toml = env
-        .config("127.0.0.1:9")
-        .service("accept_proxy = true")
-        .to_toml();
-    let path = env.write_config(&toml);
-    let out = run_tlsfront(
-        ["check".as_ref(), "--config".as_ref(), path.as_os_str()],
-        Duration::from_secs(20),
-    );
-    assert_eq!(out.code(), Some(2));
-    assert!(
-        out.stderr.contains(&format!(
-            "line {}: service[0].accept_proxy: needs proxy_sources",
-            line_of(&toml, "accept_proxy")
-        )),
-        "{}",
-        out.stderr
-    );
 }
