@@ -37,6 +37,16 @@ fn backend(mode: Mode) -> (SocketAddr, std::sync::Arc<tlsfront_load::backend::St
     (b.spawn().unwrap(), stats)
 }
 
+/// tlsfront (one worker, `service_lines` added) in front of this tool's echo backend.
+fn echo_proxy(env: &TestEnv, service_lines: &[&str]) -> Proxy {
+    let (echo, _) = backend(Mode::Echo);
+    let mut config = env.config(echo);
+    for line in service_lines {
+        config = config.service(line);
+    }
+    config.start()
+}
+
 fn tls_target(env: &TestEnv, addr: SocketAddr, offer: Offer) -> Target {
     let name = "localhost".try_into().unwrap();
     Target {
@@ -90,8 +100,7 @@ fn passed(r: &Report) {
 fn handshake_full_then_resumed_and_tlsfront_agrees() {
     let _serial = serial();
     let env = TestEnv::new();
-    let (echo, _) = backend(Mode::Echo);
-    let proxy = env.config(echo).start();
+    let proxy = echo_proxy(&env, &[]);
     let hs = |resume| {
         Scenario::Handshake(Handshake {
             target: tls_target(&env, proxy.addr(), Offer::default()),
@@ -267,8 +276,7 @@ fn open_model_latency_includes_queueing_that_service_time_hides() {
 fn hold_reports_the_proxys_fds_and_memory_per_connection() {
     let _serial = serial();
     let env = TestEnv::new();
-    let (echo, _) = backend(Mode::Echo);
-    let proxy = env.config(echo).start();
+    let proxy = echo_proxy(&env, &[]);
     let s = Scenario::Hold(Hold {
         target: tls_target(&env, proxy.addr(), Offer::default()),
         connections: 200,
@@ -329,8 +337,7 @@ fn ramp_finds_the_capacity_of_a_slow_service() {
 fn handshake_ramp_through_tlsfront_reaches_its_max() {
     let _serial = serial();
     let env = TestEnv::new();
-    let (echo, _) = backend(Mode::Echo);
-    let proxy = env.config(echo).start();
+    let proxy = echo_proxy(&env, &[]);
     let ramp = Ramp {
         scenario: Scenario::Handshake(Handshake {
             target: tls_target(&env, proxy.addr(), Offer::default()),
@@ -415,8 +422,7 @@ fn text(b: &[u8]) -> String {
 fn cli_latency_writes_json_hlog_and_svg_that_read_back() {
     let _serial = serial();
     let env = TestEnv::new();
-    let (echo, _) = backend(Mode::Echo);
-    let proxy = env.config(echo).start();
+    let proxy = echo_proxy(&env, &[]);
     let (json, hlog, svg) = (env.path("r.json"), env.path("r.hlog"), env.path("r.svg"));
     let addr = proxy.addr().to_string();
     let out = load(&[
@@ -524,8 +530,7 @@ fn cli_wrong_ca_fails_clearly_and_still_writes_results() {
     let _serial = serial();
     let env = TestEnv::new();
     let other = TestEnv::new();
-    let (echo, _) = backend(Mode::Echo);
-    let proxy = env.config(echo).start();
+    let proxy = echo_proxy(&env, &[]);
     let json = env.path("wrong-ca.json");
     let out = load(&[
         "handshake",
@@ -580,8 +585,7 @@ fn cli_unreachable_target_and_tls_version_mismatch_exit_nonzero() {
     );
 
     let env = TestEnv::new();
-    let (echo, _) = backend(Mode::Echo);
-    let proxy = env.config(echo).service("min_version = \"1.3\"").start();
+    let proxy = echo_proxy(&env, &["min_version = \"1.3\""]);
     let out = load(&[
         "handshake",
         "--connect",
@@ -620,8 +624,7 @@ fn cli_unreachable_target_and_tls_version_mismatch_exit_nonzero() {
 fn cli_ramp_and_hold_against_tlsfront() {
     let _serial = serial();
     let env = TestEnv::new();
-    let (echo, _) = backend(Mode::Echo);
-    let proxy = env.config(echo).start();
+    let proxy = echo_proxy(&env, &[]);
     let addr = proxy.addr().to_string();
     let ca = env.ca_pem.to_str().unwrap();
     let svg = env.path("ramp.svg");
@@ -741,8 +744,7 @@ fn demo_runs_the_whole_loop_and_writes_its_results() {
 fn cli_interrupted_run_still_reports_and_writes_json() {
     let _serial = serial();
     let env = TestEnv::new();
-    let (echo, _) = backend(Mode::Echo);
-    let proxy = env.config(echo).start();
+    let proxy = echo_proxy(&env, &[]);
     let json = env.path("interrupted.json");
     let child = Command::new(load_bin())
         .args([
@@ -811,11 +813,7 @@ fn cli_interrupted_run_still_reports_and_writes_json() {
 fn handshake_offers_the_version_suite_group_and_alpn_asked_for() {
     let _serial = serial();
     let env = TestEnv::new();
-    let (echo, _) = backend(Mode::Echo);
-    let proxy = env
-        .config(echo)
-        .service("alpn = [\"h2\", \"imap\"]")
-        .start();
+    let proxy = echo_proxy(&env, &["alpn = [\"h2\", \"imap\"]"]);
     let opts = options(Duration::from_millis(500), Duration::ZERO, None);
     for (versions, suite, group, alpn, expect) in [
         (
@@ -908,8 +906,7 @@ fn a_stalled_target_fails_the_run_instead_of_passing() {
 fn hold_notices_a_target_that_closes_idle_connections() {
     let _serial = serial();
     let env = TestEnv::new();
-    let (echo, _) = backend(Mode::Echo);
-    let proxy = env.config(echo).service(r#"idle_timeout = "1s""#).start();
+    let proxy = echo_proxy(&env, &[r#"idle_timeout = "1s""#]);
     let s = Scenario::Hold(Hold {
         target: tls_target(&env, proxy.addr(), Offer::default()),
         connections: 50,
