@@ -3,6 +3,7 @@
 //! Everything here runs at configuration time; errors say which policy field is at fault so
 //! the config layer can point at the right line.
 
+pub mod client_auth;
 pub mod cpu;
 pub mod measure;
 pub mod tickets;
