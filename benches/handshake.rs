@@ -40,7 +40,7 @@ fn setup(alg: &'static SignatureAlgorithm, group: &str) -> Setup {
         cert: cert_path,
         key: key_path,
     };
-    let built = build_server_config(&policy, &source).unwrap();
+    let built = build_server_config(&policy, &source, None).unwrap();
     // A worker's copy, with its session cache (stateful TLS 1.3 resumption).
     let server = per_worker_config(&built.config, &built.certified, 1024, false);
     Setup {

@@ -35,6 +35,51 @@ pub enum ServerError {
     Signals(std::io::Error),
     #[error("worker {0} stopped unexpectedly")]
     WorkerDied(usize),
+    #[error("identity_socket {path}: {source}")]
+    IdentitySocket {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Answers one identity query by asking every worker (each knows only its own connections).
+/// A backend may ask the moment it accepts, before the worker has seen its connect complete
+/// and registered the connection: a miss is asked again a few times, 20 ms apart.
+fn ask_workers(
+    controls: &[mpsc::UnboundedSender<Control>],
+    query: crate::route::identity::Query,
+) -> Option<String> {
+    for attempt in 0..4 {
+        if attempt > 0 {
+            thread::sleep(std::time::Duration::from_millis(20));
+        }
+        if let Some(answer) = ask_workers_once(controls, query) {
+            return Some(answer);
+        }
+    }
+    None
+}
+
+fn ask_workers_once(
+    controls: &[mpsc::UnboundedSender<Control>],
+    query: crate::route::identity::Query,
+) -> Option<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let asked = controls
+        .iter()
+        .filter(|c| c.send(Control::Lookup(query, tx.clone())).is_ok())
+        .count();
+    drop(tx);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    for _ in 0..asked {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(Some(answer)) => return Some(answer),
+            Ok(None) => {}
+            Err(_) => break,
+        }
+    }
+    None
 }
 
 /// Tells the main thread, from a worker thread's drop (normal end or panic), that it ended.
@@ -147,24 +192,30 @@ fn spawn_echo() -> std::io::Result<SocketAddr> {
 /// Resolves the built-in echo backend and announces what the operator should know.
 fn prepare(config: &mut Config, echo: &mut Option<SocketAddr>) -> Result<(), ServerError> {
     for svc in &mut config.services {
-        if svc.backend == Backend::BuiltinEcho {
-            let addr = match echo {
-                Some(a) => *a,
-                None => {
-                    let a = spawn_echo().map_err(ServerError::Echo)?;
-                    warn!(service = %svc.name, "no backend configured: started built-in loopback echo backend at {a}");
-                    *echo = Some(a);
-                    a
+        for route in &mut svc.routes {
+            for upstream in &mut route.upstreams {
+                if upstream.backend != Backend::BuiltinEcho {
+                    continue;
                 }
-            };
-            svc.backend = Backend::Addr(addr);
-        }
-        if svc.ephemeral_cert {
-            warn!(
-                service = %svc.name,
-                "no certificate configured: using an ephemeral self-signed certificate for localhost/127.0.0.1 sha256={}",
-                svc.cert_sha256
-            );
+                let addr = match echo {
+                    Some(a) => *a,
+                    None => {
+                        let a = spawn_echo().map_err(ServerError::Echo)?;
+                        warn!(service = %svc.name, "no backend configured: started built-in loopback echo backend at {a}");
+                        *echo = Some(a);
+                        a
+                    }
+                };
+                upstream.backend = Backend::Addr(addr);
+            }
+            if let Some(tls) = route.tls.as_ref().filter(|t| t.ephemeral_cert) {
+                warn!(
+                    service = %svc.name,
+                    route = %route.name,
+                    "no certificate configured: using an ephemeral self-signed certificate for localhost/127.0.0.1 sha256={}",
+                    tls.cert_sha256
+                );
+            }
         }
     }
     Ok(())
@@ -255,9 +306,20 @@ fn keep_random_ticket_keys(config: &mut Config, previous: &Config) {
         else {
             continue;
         };
-        let mut tls = (*svc.tls).clone();
-        tls.ticketer = old.tls.ticketer.clone();
-        svc.tls = Arc::new(tls);
+        // Every route of a service shares its ticketer.
+        let Some(ticketer) = old.route_tls().next().map(|t| t.config.ticketer.clone()) else {
+            continue;
+        };
+        for tls in svc.routes.iter_mut().filter_map(|r| r.tls.as_mut()) {
+            let mut config = (*tls.config).clone();
+            config.ticketer = ticketer.clone();
+            tls.config = Arc::new(config);
+            if let Some(chacha) = &mut tls.chacha_first {
+                let mut config = (**chacha).clone();
+                config.ticketer = ticketer.clone();
+                *chacha = Arc::new(config);
+            }
+        }
     }
 }
 
@@ -266,6 +328,16 @@ fn keep_random_ticket_keys(config: &mut Config, previous: &Config) {
 pub fn run(mut config: Config, source: ReloadSource) -> Result<(), ServerError> {
     let mut echo = None;
     prepare(&mut config, &mut echo)?;
+    let identity_socket = config.global.identity_socket.clone();
+    let identity_listener = match &identity_socket {
+        Some(path) => Some(crate::route::identity::bind(path).map_err(|source| {
+            ServerError::IdentitySocket {
+                path: path.clone(),
+                source,
+            }
+        })?),
+        None => None,
+    };
     let (listeners, mut bindings) = bind_all(&config)?;
     for (svc, b) in config.services.iter().zip(&bindings) {
         info!(
@@ -323,6 +395,12 @@ pub fn run(mut config: Config, source: ReloadSource) -> Result<(), ServerError> 
         stop_workers(&controls, threads);
         return Err(ServerError::WorkerDied(ready));
     }
+    if let (Some(listener), Some(path)) = (identity_listener, &identity_socket) {
+        let senders = controls.clone();
+        crate::route::identity::spawn_server(listener, move |q| ask_workers(&senders, q))
+            .map_err(ServerError::Spawn)?;
+        info!("identity lookup listening path={}", path.display());
+    }
     info!("ready workers={ready}");
 
     let workers = controls.len();
@@ -362,6 +440,9 @@ pub fn run(mut config: Config, source: ReloadSource) -> Result<(), ServerError> 
         Some(id) => error!("worker {id} stopped unexpectedly: shutting down the others"),
     }
     stop_workers(&controls, threads);
+    if let Some(path) = &identity_socket {
+        let _ = std::fs::remove_file(path);
+    }
     if let Some(id) = died {
         return Err(ServerError::WorkerDied(id));
     }

@@ -25,6 +25,7 @@ pub struct GlobalSection {
     pub cpus: Option<Vec<usize>>,
     pub drain_timeout: Option<DurationValue>,
     pub log_level: Option<String>,
+    pub identity_socket: Option<String>,
 }
 
 /// `workers = N | "auto"`.
@@ -72,6 +73,85 @@ pub struct ServiceSection {
     pub ticket_keys_file: Option<String>,
     pub ticket_secret_file: Option<String>,
     pub session_cache_size: Option<usize>,
+    pub unknown_sni: Option<String>,
+    pub client_auth: Option<String>,
+    pub client_ca: Option<String>,
+    pub client_crl: Option<Vec<String>>,
+    pub allow_cn: Option<Vec<String>>,
+    pub allow_dns: Option<Vec<String>>,
+    pub allow_uri: Option<Vec<String>>,
+    pub allow_spki: Option<Vec<String>>,
+    #[serde(default)]
+    pub route: Vec<RouteSection>,
+    #[serde(default)]
+    pub by_identity: Vec<IdentitySection>,
+}
+
+/// `[[service.route]]`: names (SNI) served by their own certificate and backend pool, or
+/// passed through untouched. Unset keys are inherited from the service.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSection {
+    pub name: Option<String>,
+    pub sni: Option<OneOrMany>,
+    pub alpn_match: Option<Vec<String>>,
+    pub passthrough: Option<bool>,
+    pub backend: Option<BackendValue>,
+    pub balance: Option<String>,
+    pub health_fail_after: Option<u32>,
+    pub health_retry: Option<DurationValue>,
+    pub health_check: Option<DurationValue>,
+    pub proxy_protocol: Option<String>,
+    pub cert: Option<String>,
+    pub key: Option<String>,
+    pub min_version: Option<String>,
+    pub max_version: Option<String>,
+    pub ciphers: Option<Vec<String>>,
+    pub cipher_preference: Option<String>,
+    pub groups: Option<Vec<String>>,
+    pub alpn: Option<Vec<String>>,
+    pub client_auth: Option<String>,
+    pub client_ca: Option<String>,
+    pub client_crl: Option<Vec<String>>,
+    pub allow_cn: Option<Vec<String>>,
+    pub allow_dns: Option<Vec<String>>,
+    pub allow_uri: Option<Vec<String>>,
+    pub allow_spki: Option<Vec<String>>,
+    #[serde(default)]
+    pub by_identity: Vec<IdentitySection>,
+}
+
+/// `[[service.by_identity]]` / `[[service.route.by_identity]]`: clients whose certificate
+/// matches go to this backend pool instead of the route's own.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentitySection {
+    pub allow_cn: Option<Vec<String>>,
+    pub allow_dns: Option<Vec<String>>,
+    pub allow_uri: Option<Vec<String>>,
+    pub allow_spki: Option<Vec<String>>,
+    pub backend: Option<BackendValue>,
+    pub balance: Option<String>,
+    pub health_fail_after: Option<u32>,
+    pub health_retry: Option<DurationValue>,
+    pub health_check: Option<DurationValue>,
+}
+
+/// A string or a list of strings (`sni = "a.example"` or `sni = ["a.example", "*.b.example"]`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    pub fn to_vec(&self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s.clone()],
+            OneOrMany::Many(v) => v.clone(),
+        }
+    }
 }
 
 /// `backend = "ADDR:PORT"` or a pool: `backend = ["ADDR:PORT", ...]`.

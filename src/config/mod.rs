@@ -14,12 +14,17 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use file::{BackendValue, FileConfig, KeepaliveValue, ServiceSection, Workers};
+use file::{
+    BackendValue, FileConfig, IdentitySection, KeepaliveValue, RouteSection, ServiceSection,
+    Workers,
+};
 use locate::{Locator, Section};
 
 use crate::io::ktls::{self, KernelSupport};
 use crate::route::pool::{Balance, PoolPolicy, MAX_BACKENDS};
 use crate::route::proxy_header::ProxyVersion;
+use crate::route::sni::{self, SniPattern};
+use crate::tls::client_auth::{self, Allow, ClientAuthMode, Identity};
 use crate::tls::{self, CertSource, TlsPolicy};
 
 /// A configuration error: where it is (file + line, or a flag) and what is wrong.
@@ -81,6 +86,8 @@ pub struct Global {
     pub worker_cpus: Vec<usize>,
     pub drain_timeout: Duration,
     pub log_level: Option<String>,
+    /// Where backends ask who the client behind a connection is (see `route::identity`).
+    pub identity_socket: Option<PathBuf>,
 }
 
 /// Where a service sends decrypted traffic.
@@ -110,23 +117,13 @@ pub struct Service {
     pub listen: SocketAddr,
     /// Where `listen` was set (`file line N: service[i].listen` or `--listen`), for bind errors.
     pub listen_origin: String,
-    pub backend: Backend,
-    pub tls: Arc<rustls::ServerConfig>,
-    /// `cipher_preference = "auto"` where AES-GCM is accelerated: the same config with
-    /// ChaCha20 first, for clients that list ChaCha20 before AES-GCM.
-    pub tls_chacha_first: Option<Arc<rustls::ServerConfig>>,
-    /// The served chain and key; workers build their own config copies from it.
-    pub certified: Arc<rustls::sign::CertifiedKey>,
-    /// SHA-256 of the leaf certificate, hex.
-    pub cert_sha256: String,
-    /// True when no cert/key was configured and a self-signed one was generated.
-    pub ephemeral_cert: bool,
+    /// The `[[service.route]]` entries in file order, then the default route (the service's
+    /// own settings) unless `unknown_sni = "reject"`.
+    pub routes: Vec<Route>,
+    /// Index of the route for clients whose SNI matches no route; `None`: they are rejected.
+    pub default_route: Option<usize>,
     pub tunables: Tunables,
     pub ktls: KtlsMode,
-    /// Send a PROXY protocol header (this version) to the backend first.
-    pub proxy_protocol: Option<ProxyVersion>,
-    /// How a pool of backends is balanced and judged (one backend: only its health).
-    pub pool: PoolPolicy,
     /// `accept_proxy`: the networks whose connections start with a PROXY header (required
     /// from them, refused from anyone else).
     pub accept_proxy: Option<Vec<ipnet::IpNet>>,
@@ -135,6 +132,86 @@ pub struct Service {
     /// Where the ticket keys come from; a reload keeps in-process random keys when this is
     /// unchanged, so outstanding tickets stay valid.
     pub ticket_keys: TicketKeys,
+}
+
+impl Service {
+    /// The route for a ClientHello's SNI and ALPN offer (the default route when none
+    /// matches; `None` when there is none and the client is to be rejected).
+    pub fn route_for<'a>(
+        &self,
+        sni: Option<&str>,
+        alpn: impl Iterator<Item = &'a [u8]> + Clone,
+    ) -> Option<usize> {
+        let matchers = self.routes.iter().map(|r| sni::Matcher {
+            sni: &r.sni,
+            alpn: &r.alpn_match,
+        });
+        sni::choose(matchers, sni, alpn).or(self.default_route)
+    }
+
+    /// Every terminating route's TLS settings.
+    pub fn route_tls(&self) -> impl Iterator<Item = &RouteTls> {
+        self.routes.iter().filter_map(|r| r.tls.as_ref())
+    }
+}
+
+/// One way through a service: the names it answers, how its TLS is handled and where its
+/// connections go.
+#[derive(Debug)]
+pub struct Route {
+    /// For logs: the route's `name`, its first SNI name, or the service's name (default).
+    pub name: String,
+    /// Empty for the default route.
+    pub sni: Vec<SniPattern>,
+    /// The route applies only to clients offering one of these ALPN protocols (empty: all).
+    pub alpn_match: Vec<Vec<u8>>,
+    /// How TLS is terminated; `None` for a pass-through route (raw bytes to the backend).
+    pub tls: Option<RouteTls>,
+    /// `[0]` is the route's own backend pool; the rest are its `by_identity` entries, in
+    /// file order (the first whose matcher accepts the client certificate wins).
+    pub upstreams: Vec<Upstream>,
+    /// Send a PROXY protocol header (this version) to the backend first.
+    pub proxy_protocol: Option<ProxyVersion>,
+}
+
+impl Route {
+    /// The upstream for a client with this certificate identity (the route's own without one).
+    pub fn upstream_for(&self, identity: Option<&Identity>) -> usize {
+        identity
+            .and_then(|id| {
+                self.upstreams
+                    .iter()
+                    .skip(1)
+                    .position(|u| u.identity.permits(id))
+            })
+            .map_or(0, |i| i + 1)
+    }
+}
+
+/// A terminating route's TLS: its rustls configs, certificate and client authentication.
+#[derive(Debug)]
+pub struct RouteTls {
+    pub config: Arc<rustls::ServerConfig>,
+    /// `cipher_preference = "auto"` where AES-GCM is accelerated: the same config with
+    /// ChaCha20 first, for clients that list ChaCha20 before AES-GCM.
+    pub chacha_first: Option<Arc<rustls::ServerConfig>>,
+    /// The served chain and key; workers build their own config copies from it.
+    pub certified: Arc<rustls::sign::CertifiedKey>,
+    /// SHA-256 of the leaf certificate, hex.
+    pub cert_sha256: String,
+    /// True when no cert/key was configured and a self-signed one was generated.
+    pub ephemeral_cert: bool,
+    pub client_auth: ClientAuthMode,
+}
+
+/// A backend pool of a route and, for `by_identity` entries, the clients it is for.
+#[derive(Debug)]
+pub struct Upstream {
+    pub backend: Backend,
+    /// How the pool is balanced and judged (one backend: only its health).
+    pub pool: PoolPolicy,
+    /// Empty for the route's own pool.
+    pub identity: Allow,
 }
 
 /// The ticket key source of a service, as configured.
@@ -269,7 +346,15 @@ struct Builder<'a> {
 }
 
 impl Builder<'_> {
+    /// An error about `key` as `section` sees it: where a route inherits the key from its
+    /// service, the error points at the service's line.
     fn err(&self, section: Section, key: &str, message: impl Into<String>) -> ConfigError {
+        let owner = self.locator.map_or(section, |l| l.owner(section, key));
+        self.err_here(owner, key, message)
+    }
+
+    /// An error about `key` in `section`'s own table (a key it must set itself).
+    fn err_here(&self, section: Section, key: &str, message: impl Into<String>) -> ConfigError {
         ConfigError {
             file: self.path.map(Path::to_owned),
             line: self.locator.and_then(|l| l.line_of(section, key)),
@@ -362,16 +447,16 @@ impl Builder<'_> {
                 ),
             ));
         }
-        let missing: Vec<&str> = svc
-            .tls
-            .crypto_provider()
-            .cipher_suites
-            .iter()
+        let mut missing: Vec<&str> = svc
+            .route_tls()
+            .flat_map(|t| t.config.crypto_provider().cipher_suites.iter())
             .filter(|suite| {
                 !ktls::kernel_cipher(**suite).is_some_and(|(v, c)| support.supports(v, c))
             })
             .map(|suite| tls::suite_name(*suite))
             .collect();
+        missing.sort_unstable();
+        missing.dedup();
         if !missing.is_empty() {
             return Err(self.err(
                 Section::Service(i),
@@ -432,6 +517,7 @@ impl Builder<'_> {
             worker_cpus,
             drain_timeout: g.drain_timeout.map_or(DEFAULT_DRAIN, |d| d.0),
             log_level: g.log_level.clone(),
+            identity_socket: g.identity_socket.as_deref().map(|p| self.relative(p)),
         })
     }
 
@@ -462,40 +548,6 @@ impl Builder<'_> {
                 return Err(self.err(sec, "listen", "missing: set listen = \"ADDR:PORT\""))
             }
         };
-        let backend = match (first.then_some(ov.backend.as_ref()).flatten(), &raw.backend) {
-            (Some(flag), _) => {
-                Backend::Addr(resolve(flag).map_err(|e| self.flag_err("--backend", e))?)
-            }
-            (None, Some(BackendValue::One(text))) => {
-                Backend::Addr(resolve(text).map_err(|e| self.err(sec, "backend", e))?)
-            }
-            (None, Some(BackendValue::Pool(list))) => {
-                if list.is_empty() {
-                    return Err(self.err(
-                        sec,
-                        "backend",
-                        "an empty list: name at least one backend",
-                    ));
-                }
-                if list.len() > MAX_BACKENDS {
-                    return Err(self.err(
-                        sec,
-                        "backend",
-                        format!("at most {MAX_BACKENDS} backends per pool"),
-                    ));
-                }
-                let addrs = list
-                    .iter()
-                    .map(|t| resolve(t).map_err(|e| self.err(sec, "backend", e)))
-                    .collect::<Result<Vec<_>, _>>()?;
-                Backend::Pool(addrs)
-            }
-            (None, None) if self.path.is_none() => Backend::BuiltinEcho,
-            (None, None) => {
-                return Err(self.err(sec, "backend", "missing: set backend = \"ADDR:PORT\""))
-            }
-        };
-
         let ktls = match raw.ktls.as_deref() {
             None | Some("auto") => KtlsMode::Auto,
             Some("on") => KtlsMode::On,
@@ -508,82 +560,75 @@ impl Builder<'_> {
                 ))
             }
         };
-        let balance = match raw.balance.as_deref() {
-            None => Balance::default(),
-            Some(text) => Balance::parse(text).ok_or_else(|| {
-                self.err(
-                    sec,
-                    "balance",
-                    format!("must be \"round_robin\" or \"least_connections\", got {text:?}"),
-                )
-            })?,
-        };
-        let defaults = PoolPolicy::default();
-        let pool = PoolPolicy {
-            balance,
-            fail_after: match raw.health_fail_after {
-                Some(0) => return Err(self.err(sec, "health_fail_after", "must be at least 1")),
-                Some(n) => n,
-                None => defaults.fail_after,
-            },
-            retry: raw.health_retry.map_or(defaults.retry, |d| d.0),
-            check: match raw.health_check {
-                Some(d) if d.0 < Duration::from_millis(100) => {
-                    return Err(self.err(sec, "health_check", "must be 100ms or more"))
-                }
-                Some(d) => Some(d.0),
-                None => None,
-            },
-        };
-        let proxy_protocol = match raw.proxy_protocol.as_deref() {
-            None | Some("off") => None,
-            Some(text) => Some(ProxyVersion::parse(text).ok_or_else(|| {
-                self.err(
-                    sec,
-                    "proxy_protocol",
-                    format!("must be \"v1\", \"v2\" or \"off\", got {text:?}"),
-                )
-            })?),
-        };
-        let accept_proxy = match (raw.accept_proxy, &raw.proxy_sources) {
-            (None | Some(false), None) => None,
-            (None | Some(false), Some(_)) => {
-                return Err(self.err(sec, "proxy_sources", "only used with accept_proxy = true"))
-            }
-            (Some(true), None) => {
-                return Err(self.err(
-                    sec,
-                    "accept_proxy",
-                    "needs proxy_sources: the networks of the load balancers allowed to send \
-                     PROXY headers, e.g. [\"10.0.0.0/8\"]",
-                ))
-            }
-            (Some(true), Some(list)) => {
-                let mut nets = Vec::with_capacity(list.len());
-                for text in list {
-                    let net = text
-                        .parse::<ipnet::IpNet>()
-                        .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
-                        .map_err(|_| {
-                            self.err(
-                                sec,
-                                "proxy_sources",
-                                format!("{text:?} is not an address or network (CIDR)"),
-                            )
-                        })?;
-                    nets.push(net);
-                }
-                if nets.is_empty() {
-                    return Err(self.err(sec, "proxy_sources", "must list at least one network"));
-                }
-                Some(nets)
-            }
-        };
-        let policy = self.tls_policy(sec, raw)?;
+        let accept_proxy = self.accept_proxy(sec, raw)?;
         let (ticketer, ticket_keys) = self.ticketer(sec, raw)?;
         let session_cache_size = raw.session_cache_size.unwrap_or(DEFAULT_SESSION_CACHE);
         let tunables = self.tunables(sec, raw)?;
+        let reject_unknown = match raw.unknown_sni.as_deref() {
+            None | Some("default") => false,
+            Some("reject") => true,
+            Some(other) => {
+                return Err(self.err(
+                    sec,
+                    "unknown_sni",
+                    format!("must be \"default\" or \"reject\", got {other:?}"),
+                ))
+            }
+        };
+        if reject_unknown && raw.route.is_empty() {
+            return Err(self.err(
+                sec,
+                "unknown_sni",
+                "\"reject\" refuses every client of a service without [[service.route]] tables",
+            ));
+        }
 
+        let mut routes = Vec::with_capacity(raw.route.len() + 1);
+        for (j, r) in raw.route.iter().enumerate() {
+            routes.push(self.named_route(i, j, raw, r, ticketer.as_ref())?);
+        }
+        let default_route = if reject_unknown {
+            None
+        } else {
+            routes.push(self.default_route(i, raw, &name, ticketer.as_ref())?);
+            Some(routes.len() - 1)
+        };
+        Ok(Service {
+            name,
+            listen,
+            listen_origin,
+            routes,
+            default_route,
+            tunables,
+            ktls,
+            accept_proxy,
+            session_cache_size,
+            ticket_keys,
+        })
+    }
+
+    /// The service's own settings as a route: for clients whose SNI matches no route.
+    /// The command-line flags apply to it (on the first service).
+    fn default_route(
+        &self,
+        i: usize,
+        raw: &ServiceSection,
+        name: &str,
+        ticketer: Option<&Arc<dyn rustls::server::ProducesTickets>>,
+    ) -> Result<Route, ConfigError> {
+        let sec = Section::Service(i);
+        let ov = self.overrides;
+        let first = i == 0;
+        let backend = match (first.then_some(ov.backend.as_ref()).flatten(), &raw.backend) {
+            (Some(flag), _) => {
+                Backend::Addr(resolve(flag).map_err(|e| self.flag_err("--backend", e))?)
+            }
+            (None, Some(value)) => self.backend(sec, value)?,
+            (None, None) if self.path.is_none() => Backend::BuiltinEcho,
+            (None, None) => {
+                return Err(self.err(sec, "backend", "missing: set backend = \"ADDR:PORT\""))
+            }
+        };
         let cert_flag = first.then_some(ov.cert.as_ref()).flatten();
         let key_flag = first.then_some(ov.key.as_ref()).flatten();
         let cert = cert_flag
@@ -592,6 +637,193 @@ impl Builder<'_> {
         let key = key_flag
             .map(|k| (k, "--key"))
             .or(raw.key.as_ref().map(|k| (k, "key")));
+        let tls = self.route_tls(sec, raw, cert, key, ticketer)?;
+        let upstreams = self.upstreams(sec, raw, backend, &raw.by_identity, &tls)?;
+        Ok(Route {
+            name: name.to_owned(),
+            sni: Vec::new(),
+            alpn_match: Vec::new(),
+            tls: Some(tls),
+            upstreams,
+            proxy_protocol: self.proxy_protocol(sec, raw)?,
+        })
+    }
+
+    /// A `[[service.route]]` table: its own keys over the service's.
+    fn named_route(
+        &self,
+        i: usize,
+        j: usize,
+        raw: &ServiceSection,
+        r: &RouteSection,
+        ticketer: Option<&Arc<dyn rustls::server::ProducesTickets>>,
+    ) -> Result<Route, ConfigError> {
+        let sec = Section::Route(i, j);
+        let names = match &r.sni {
+            None => {
+                return Err(self.err_here(
+                    sec,
+                    "sni",
+                    "missing: set sni = \"name\" or a list (\"*.example.com\" for a wildcard)",
+                ))
+            }
+            Some(v) => v.to_vec(),
+        };
+        if names.is_empty() {
+            return Err(self.err_here(sec, "sni", "must list at least one name"));
+        }
+        let sni = names
+            .iter()
+            .map(|n| SniPattern::parse(n).map_err(|e| self.err_here(sec, "sni", e)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut alpn_match = Vec::new();
+        for proto in r.alpn_match.iter().flatten() {
+            if proto.is_empty() || proto.len() > 255 {
+                return Err(self.err_here(
+                    sec,
+                    "alpn_match",
+                    format!("ALPN protocol {proto:?} must be 1 to 255 bytes"),
+                ));
+            }
+            alpn_match.push(proto.as_bytes().to_vec());
+        }
+        let name = r.name.clone().unwrap_or_else(|| names[0].clone());
+        let Some(backend) = &r.backend else {
+            return Err(self.err_here(
+                sec,
+                "backend",
+                "missing: every route needs its own backend = \"ADDR:PORT\" (or a list)",
+            ));
+        };
+        let eff = overlay(raw, r);
+        let backend = self.backend(sec, backend)?;
+        let proxy_protocol = self.proxy_protocol(sec, &eff)?;
+        if r.passthrough == Some(true) {
+            const TLS_KEYS: &[&str] = &[
+                "cert",
+                "key",
+                "min_version",
+                "max_version",
+                "ciphers",
+                "cipher_preference",
+                "groups",
+                "alpn",
+                "client_auth",
+                "client_ca",
+                "client_crl",
+                "allow_cn",
+                "allow_dns",
+                "allow_uri",
+                "allow_spki",
+                "by_identity",
+            ];
+            if let Some(key) = TLS_KEYS
+                .iter()
+                .find(|k| self.locator.is_some_and(|l| l.has_key(sec, k)))
+            {
+                return Err(self.err_here(
+                    sec,
+                    key,
+                    "a passthrough route does not terminate TLS: the backend's own TLS \
+                     settings apply",
+                ));
+            }
+            return Ok(Route {
+                name,
+                sni,
+                alpn_match,
+                tls: None,
+                upstreams: vec![Upstream {
+                    backend,
+                    pool: self.pool_policy(sec, &eff)?,
+                    identity: Allow::default(),
+                }],
+                proxy_protocol,
+            });
+        }
+        let cert = eff.cert.as_ref().map(|c| (c, "cert"));
+        let key = eff.key.as_ref().map(|k| (k, "key"));
+        let tls = self.route_tls(sec, &eff, cert, key, ticketer)?;
+        let upstreams = self.upstreams(sec, &eff, backend, &r.by_identity, &tls)?;
+        Ok(Route {
+            name,
+            sni,
+            alpn_match,
+            tls: Some(tls),
+            upstreams,
+            proxy_protocol,
+        })
+    }
+
+    /// A route's own pool and its `by_identity` pools (which need client certificates).
+    fn upstreams(
+        &self,
+        sec: Section,
+        eff: &ServiceSection,
+        backend: Backend,
+        by_identity: &[IdentitySection],
+        tls: &RouteTls,
+    ) -> Result<Vec<Upstream>, ConfigError> {
+        let mut upstreams = vec![Upstream {
+            backend,
+            pool: self.pool_policy(sec, eff)?,
+            identity: Allow::default(),
+        }];
+        if !by_identity.is_empty() && tls.client_auth == ClientAuthMode::None {
+            return Err(self.err(
+                sec,
+                "by_identity",
+                "routing by client identity needs client_auth = \"optional\" or \"required\"",
+            ));
+        }
+        let (i, route) = match sec {
+            Section::Route(i, j) => (i, Some(j)),
+            Section::Service(i) => (i, None),
+            _ => (0, None),
+        };
+        for (k, id) in by_identity.iter().enumerate() {
+            let isec = Section::Identity(i, route, k);
+            let identity = self.allow(
+                isec,
+                &id.allow_cn,
+                &id.allow_dns,
+                &id.allow_uri,
+                &id.allow_spki,
+            )?;
+            if identity.is_empty() {
+                return Err(self.err_here(
+                    isec,
+                    "allow_uri",
+                    "a by_identity entry needs a matcher: allow_cn, allow_dns, allow_uri or \
+                     allow_spki",
+                ));
+            }
+            let Some(value) = &id.backend else {
+                return Err(self.err_here(isec, "backend", "missing: set backend = \"ADDR:PORT\""));
+            };
+            let mut pool_keys = eff.clone();
+            pool_keys.balance = id.balance.clone().or(pool_keys.balance);
+            pool_keys.health_fail_after = id.health_fail_after.or(pool_keys.health_fail_after);
+            pool_keys.health_retry = id.health_retry.or(pool_keys.health_retry);
+            pool_keys.health_check = id.health_check.or(pool_keys.health_check);
+            upstreams.push(Upstream {
+                backend: self.backend(isec, value)?,
+                pool: self.pool_policy(isec, &pool_keys)?,
+                identity,
+            });
+        }
+        Ok(upstreams)
+    }
+
+    /// The rustls configs of a terminating route.
+    fn route_tls(
+        &self,
+        sec: Section,
+        eff: &ServiceSection,
+        cert: Option<(&String, &str)>,
+        key: Option<(&String, &str)>,
+        ticketer: Option<&Arc<dyn rustls::server::ProducesTickets>>,
+    ) -> Result<RouteTls, ConfigError> {
         let located = |field: &str, msg: String| {
             if field.starts_with("--") {
                 self.flag_err(field, msg)
@@ -618,7 +850,9 @@ impl Builder<'_> {
                 ))
             }
         };
-        let mut built = tls::build_server_config(&policy, &source).map_err(|e| {
+        let policy = self.tls_policy(sec, eff)?;
+        let (client_auth, verifier) = self.client_auth(sec, eff)?;
+        let mut built = tls::build_server_config(&policy, &source, verifier).map_err(|e| {
             let field = match e.field {
                 tls::PolicyField::Cert => cert.map_or("cert", |c| c.1),
                 tls::PolicyField::Key => key.map_or("key", |k| k.1),
@@ -629,31 +863,240 @@ impl Builder<'_> {
             };
             located(field, e.message)
         })?;
-
         if let Some(t) = ticketer {
             if let Some(c) = &mut built.chacha_first {
                 c.ticketer = t.clone();
             }
-            built.config.ticketer = t;
+            built.config.ticketer = t.clone();
         }
-        Ok(Service {
-            name,
-            listen,
-            listen_origin,
-            backend,
-            tls: Arc::new(built.config),
-            tls_chacha_first: built.chacha_first.map(Arc::new),
+        Ok(RouteTls {
+            config: Arc::new(built.config),
+            chacha_first: built.chacha_first.map(Arc::new),
             certified: built.certified,
             cert_sha256: built.cert_sha256,
             ephemeral_cert: matches!(source, CertSource::Ephemeral),
-            tunables,
-            ktls,
-            proxy_protocol,
-            accept_proxy,
-            pool,
-            session_cache_size,
-            ticket_keys,
+            client_auth,
         })
+    }
+
+    /// `client_auth`, `client_ca`, `client_crl` and the `allow_*` lists.
+    fn client_auth(
+        &self,
+        sec: Section,
+        eff: &ServiceSection,
+    ) -> Result<
+        (
+            ClientAuthMode,
+            Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
+        ),
+        ConfigError,
+    > {
+        let mode = match eff.client_auth.as_deref() {
+            None => ClientAuthMode::None,
+            Some(text) => ClientAuthMode::parse(text).ok_or_else(|| {
+                self.err(
+                    sec,
+                    "client_auth",
+                    format!("must be \"none\", \"optional\" or \"required\", got {text:?}"),
+                )
+            })?,
+        };
+        let allow = self.allow(
+            sec,
+            &eff.allow_cn,
+            &eff.allow_dns,
+            &eff.allow_uri,
+            &eff.allow_spki,
+        )?;
+        if mode == ClientAuthMode::None {
+            for (key, set) in [
+                ("client_ca", eff.client_ca.is_some()),
+                ("client_crl", eff.client_crl.is_some()),
+                ("allow_cn", eff.allow_cn.is_some()),
+                ("allow_dns", eff.allow_dns.is_some()),
+                ("allow_uri", eff.allow_uri.is_some()),
+                ("allow_spki", eff.allow_spki.is_some()),
+            ] {
+                if set {
+                    return Err(self.err(
+                        sec,
+                        key,
+                        "set, but client_auth is \"none\": set client_auth = \"required\" or \
+                         \"optional\"",
+                    ));
+                }
+            }
+            return Ok((mode, None));
+        }
+        let Some(ca) = &eff.client_ca else {
+            return Err(self.err(
+                sec,
+                "client_ca",
+                "missing: client certificates need the CA bundle that issues them",
+            ));
+        };
+        let crls: Vec<PathBuf> = eff
+            .client_crl
+            .iter()
+            .flatten()
+            .map(|p| self.relative(p))
+            .collect();
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let verifier =
+            client_auth::build_verifier(mode, &self.relative(ca), &crls, allow, provider).map_err(
+                |e| {
+                    let key = if e.contains("CRL") || e.contains("revocation") {
+                        "client_crl"
+                    } else {
+                        "client_ca"
+                    };
+                    self.err(sec, key, e)
+                },
+            )?;
+        Ok((mode, Some(verifier)))
+    }
+
+    fn allow(
+        &self,
+        sec: Section,
+        cn: &Option<Vec<String>>,
+        dns: &Option<Vec<String>>,
+        uri: &Option<Vec<String>>,
+        spki: &Option<Vec<String>>,
+    ) -> Result<Allow, ConfigError> {
+        let list = |key: &str, v: &Option<Vec<String>>| -> Result<Vec<String>, ConfigError> {
+            let v = v.clone().unwrap_or_default();
+            if v.iter().any(|e| e.trim().is_empty()) {
+                return Err(self.err(sec, key, "entries must not be empty"));
+            }
+            Ok(v)
+        };
+        let spki_sha256 = spki
+            .iter()
+            .flatten()
+            .map(|pin| Allow::parse_spki_pin(pin).map_err(|e| self.err(sec, "allow_spki", e)))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Allow {
+            cn: list("allow_cn", cn)?,
+            dns: list("allow_dns", dns)?,
+            uri_prefix: list("allow_uri", uri)?,
+            spki_sha256,
+        })
+    }
+
+    fn backend(&self, sec: Section, value: &BackendValue) -> Result<Backend, ConfigError> {
+        match value {
+            BackendValue::One(text) => Ok(Backend::Addr(
+                resolve(text).map_err(|e| self.err(sec, "backend", e))?,
+            )),
+            BackendValue::Pool(list) => {
+                if list.is_empty() {
+                    return Err(self.err(
+                        sec,
+                        "backend",
+                        "an empty list: name at least one backend",
+                    ));
+                }
+                if list.len() > MAX_BACKENDS {
+                    return Err(self.err(
+                        sec,
+                        "backend",
+                        format!("at most {MAX_BACKENDS} backends per pool"),
+                    ));
+                }
+                let addrs = list
+                    .iter()
+                    .map(|t| resolve(t).map_err(|e| self.err(sec, "backend", e)))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(Backend::Pool(addrs))
+            }
+        }
+    }
+
+    fn pool_policy(&self, sec: Section, raw: &ServiceSection) -> Result<PoolPolicy, ConfigError> {
+        let balance = match raw.balance.as_deref() {
+            None => Balance::default(),
+            Some(text) => Balance::parse(text).ok_or_else(|| {
+                self.err(
+                    sec,
+                    "balance",
+                    format!("must be \"round_robin\" or \"least_connections\", got {text:?}"),
+                )
+            })?,
+        };
+        let defaults = PoolPolicy::default();
+        Ok(PoolPolicy {
+            balance,
+            fail_after: match raw.health_fail_after {
+                Some(0) => return Err(self.err(sec, "health_fail_after", "must be at least 1")),
+                Some(n) => n,
+                None => defaults.fail_after,
+            },
+            retry: raw.health_retry.map_or(defaults.retry, |d| d.0),
+            check: match raw.health_check {
+                Some(d) if d.0 < Duration::from_millis(100) => {
+                    return Err(self.err(sec, "health_check", "must be 100ms or more"))
+                }
+                Some(d) => Some(d.0),
+                None => None,
+            },
+        })
+    }
+
+    fn proxy_protocol(
+        &self,
+        sec: Section,
+        raw: &ServiceSection,
+    ) -> Result<Option<ProxyVersion>, ConfigError> {
+        match raw.proxy_protocol.as_deref() {
+            None | Some("off") => Ok(None),
+            Some(text) => ProxyVersion::parse(text).map(Some).ok_or_else(|| {
+                self.err(
+                    sec,
+                    "proxy_protocol",
+                    format!("must be \"v1\", \"v2\" or \"off\", got {text:?}"),
+                )
+            }),
+        }
+    }
+
+    fn accept_proxy(
+        &self,
+        sec: Section,
+        raw: &ServiceSection,
+    ) -> Result<Option<Vec<ipnet::IpNet>>, ConfigError> {
+        match (raw.accept_proxy, &raw.proxy_sources) {
+            (None | Some(false), None) => Ok(None),
+            (None | Some(false), Some(_)) => {
+                Err(self.err(sec, "proxy_sources", "only used with accept_proxy = true"))
+            }
+            (Some(true), None) => Err(self.err(
+                sec,
+                "accept_proxy",
+                "needs proxy_sources: the networks of the load balancers allowed to send \
+                 PROXY headers, e.g. [\"10.0.0.0/8\"]",
+            )),
+            (Some(true), Some(list)) => {
+                let mut nets = Vec::with_capacity(list.len());
+                for text in list {
+                    let net = text
+                        .parse::<ipnet::IpNet>()
+                        .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                        .map_err(|_| {
+                            self.err(
+                                sec,
+                                "proxy_sources",
+                                format!("{text:?} is not an address or network (CIDR)"),
+                            )
+                        })?;
+                    nets.push(net);
+                }
+                if nets.is_empty() {
+                    return Err(self.err(sec, "proxy_sources", "must list at least one network"));
+                }
+                Ok(Some(nets))
+            }
+        }
     }
 
     /// Paths in the file are relative to the file's directory; flags to the working directory.
@@ -838,6 +1281,59 @@ impl Builder<'_> {
     }
 }
 
+/// A route's effective settings: its own keys over its service's.
+fn overlay(service: &ServiceSection, r: &RouteSection) -> ServiceSection {
+    fn pick<T: Clone>(own: &Option<T>, inherited: &Option<T>) -> Option<T> {
+        own.clone().or_else(|| inherited.clone())
+    }
+    let s = service;
+    let own_cert = r.cert.is_some() || r.key.is_some();
+    let own_allow = r.allow_cn.is_some()
+        || r.allow_dns.is_some()
+        || r.allow_uri.is_some()
+        || r.allow_spki.is_some();
+    let allow_from = if own_allow {
+        (&r.allow_cn, &r.allow_dns, &r.allow_uri, &r.allow_spki)
+    } else {
+        (&s.allow_cn, &s.allow_dns, &s.allow_uri, &s.allow_spki)
+    };
+    ServiceSection {
+        backend: r.backend.clone(),
+        balance: pick(&r.balance, &s.balance),
+        health_fail_after: pick(&r.health_fail_after, &s.health_fail_after),
+        health_retry: pick(&r.health_retry, &s.health_retry),
+        health_check: pick(&r.health_check, &s.health_check),
+        proxy_protocol: pick(&r.proxy_protocol, &s.proxy_protocol),
+        // A certificate and its key come as a pair, and so do the allow lists.
+        cert: if own_cert {
+            r.cert.clone()
+        } else {
+            s.cert.clone()
+        },
+        key: if own_cert {
+            r.key.clone()
+        } else {
+            s.key.clone()
+        },
+        min_version: pick(&r.min_version, &s.min_version),
+        max_version: pick(&r.max_version, &s.max_version),
+        ciphers: pick(&r.ciphers, &s.ciphers),
+        cipher_preference: pick(&r.cipher_preference, &s.cipher_preference),
+        groups: pick(&r.groups, &s.groups),
+        alpn: pick(&r.alpn, &s.alpn),
+        client_auth: pick(&r.client_auth, &s.client_auth),
+        client_ca: pick(&r.client_ca, &s.client_ca),
+        client_crl: pick(&r.client_crl, &s.client_crl),
+        allow_cn: allow_from.0.clone(),
+        allow_dns: allow_from.1.clone(),
+        allow_uri: allow_from.2.clone(),
+        allow_spki: allow_from.3.clone(),
+        route: Vec::new(),
+        by_identity: Vec::new(),
+        ..service.clone()
+    }
+}
+
 /// Resolves `host:port` (IP literals without a lookup) to the first address.
 fn resolve(text: &str) -> Result<SocketAddr, String> {
     if let Ok(addr) = text.parse::<SocketAddr>() {
@@ -866,8 +1362,9 @@ mod tests {
         let svc = &cfg.services[0];
         assert_eq!(svc.name, "default");
         assert_eq!(svc.listen, DEFAULT_LISTEN.parse().unwrap());
-        assert_eq!(svc.backend, Backend::BuiltinEcho);
-        assert!(svc.ephemeral_cert);
+        let default = &svc.routes[svc.default_route.unwrap()];
+        assert_eq!(default.upstreams[0].backend, Backend::BuiltinEcho);
+        assert!(default.tls.as_ref().unwrap().ephemeral_cert);
         assert_eq!(svc.tunables, Tunables::default());
     }
 
@@ -891,9 +1388,13 @@ mod tests {
         assert_eq!(cfg.global.workers, 1);
         assert!(cfg.global.worker_cpus.is_empty());
         let svc = &cfg.services[0];
-        assert_eq!(svc.backend, Backend::Addr("127.0.0.1:9".parse().unwrap()));
+        let default = &svc.routes[svc.default_route.unwrap()];
+        assert_eq!(
+            default.upstreams[0].backend,
+            Backend::Addr("127.0.0.1:9".parse().unwrap())
+        );
         assert!(
-            !svc.ephemeral_cert,
+            !default.tls.as_ref().unwrap().ephemeral_cert,
             "cert.pem relative to the file was loaded"
         );
         assert_eq!(svc.tunables.idle_timeout, Duration::from_secs(120));
@@ -930,5 +1431,108 @@ mod tests {
         let err = load(Some(&file), &Overrides::default()).unwrap_err();
         assert_eq!(err.field.as_deref(), Some("service[0].backend"));
         assert_eq!(err.line, Some(1), "absent key: the table header");
+    }
+
+    #[test]
+    fn routes_are_validated_where_they_are_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let service = "[[service]]\nlisten = \"127.0.0.1:1\"\nbackend = \"127.0.0.1:2\"\n";
+        let check = |name: &str, routes: &str, field: &str, line: usize, says: &str| {
+            let file = write(dir.path(), name, &format!("{service}{routes}"));
+            let err = load(Some(&file), &Overrides::default()).unwrap_err();
+            assert_eq!(err.field.as_deref(), Some(field), "{err}");
+            assert_eq!(err.line, Some(line), "{err}");
+            assert!(err.message.contains(says), "{err}");
+        };
+        check(
+            "a.toml",
+            "[[service.route]]\nbackend = \"127.0.0.1:3\"\n",
+            "service[0].route[0].sni",
+            4,
+            "missing",
+        );
+        check(
+            "b.toml",
+            "[[service.route]]\nsni = \"a.test\"\nbackend = \"127.0.0.1:3\"\n[[service.route]]\nsni = [\"b.*.test\"]\nbackend = \"127.0.0.1:4\"\n",
+            "service[0].route[1].sni",
+            8,
+            "wildcard",
+        );
+        check(
+            "c.toml",
+            "[[service.route]]\nsni = \"a.test\"\n",
+            "service[0].route[0].backend",
+            4,
+            "own backend",
+        );
+        check(
+            "d.toml",
+            "[[service.route]]\nsni = \"a.test\"\nbackend = \"127.0.0.1:3\"\npassthrough = true\nmin_version = \"1.3\"\n",
+            "service[0].route[0].min_version",
+            8,
+            "passthrough",
+        );
+        check(
+            "e.toml",
+            "[[service.route]]\nsni = \"a.test\"\nbackend = \"127.0.0.1:3\"\n[[service.route.by_identity]]\nallow_cn = [\"x\"]\nbackend = \"127.0.0.1:5\"\n",
+            "service[0].route[0].by_identity",
+            7,
+            "client_auth",
+        );
+        // An inherited setting is reported where it is written: the service.
+        let file = write(
+            dir.path(),
+            "f.toml",
+            "[[service]]\nlisten = \"127.0.0.1:1\"\nbackend = \"127.0.0.1:2\"\nbalance = \"random\"\n",
+        );
+        let err = load(Some(&file), &Overrides::default()).unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("service[0].balance"));
+        check(
+            "g.toml",
+            "[[service.route]]\nsni = \"a.test\"\nbackend = \"127.0.0.1:3\"\nhealth_check = \"10ms\"\n",
+            "service[0].route[0].health_check",
+            7,
+            "100ms",
+        );
+    }
+
+    #[test]
+    fn routes_inherit_and_the_default_route_comes_last() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = write(
+            dir.path(),
+            "t.toml",
+            "[[service]]\nlisten = \"127.0.0.1:1\"\nbackend = \"127.0.0.1:2\"\nmin_version = \"1.3\"\nproxy_protocol = \"v2\"\n[[service.route]]\nsni = [\"A.test\", \"*.w.test\"]\nbackend = [\"127.0.0.1:3\", \"127.0.0.1:4\"]\n[[service.route]]\nname = \"pt\"\nsni = \"p.test\"\npassthrough = true\nbackend = \"127.0.0.1:5\"\nproxy_protocol = \"v1\"\n",
+        );
+        let cfg = load(Some(&file), &Overrides::default()).unwrap();
+        let svc = &cfg.services[0];
+        assert_eq!(svc.routes.len(), 3);
+        assert_eq!(svc.default_route, Some(2));
+        let names: Vec<&str> = svc.routes.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["A.test", "pt", "default"]);
+        let a = &svc.routes[0];
+        assert_eq!(a.proxy_protocol, Some(ProxyVersion::V2), "inherited");
+        assert_eq!(a.upstreams[0].backend.addrs().len(), 2);
+        let suites = &a
+            .tls
+            .as_ref()
+            .unwrap()
+            .config
+            .crypto_provider()
+            .cipher_suites;
+        assert!(
+            suites
+                .iter()
+                .all(|s| matches!(s, rustls::SupportedCipherSuite::Tls13(_))),
+            "min_version inherited"
+        );
+        assert!(svc.routes[1].tls.is_none());
+        assert_eq!(svc.routes[1].proxy_protocol, Some(ProxyVersion::V1));
+        let none = std::iter::empty();
+        assert_eq!(svc.route_for(Some("a.TEST"), none.clone()), Some(0));
+        assert_eq!(svc.route_for(Some("x.w.test"), none.clone()), Some(0));
+        assert_eq!(svc.route_for(Some("p.test"), none.clone()), Some(1));
+        assert_eq!(svc.route_for(Some("other"), none.clone()), Some(2));
+        assert_eq!(svc.route_for(None, none), Some(2));
     }
 }

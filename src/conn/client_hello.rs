@@ -13,6 +13,8 @@ pub enum Peek<'a> {
     NotTls,
     /// A TLS handshake record, but the ClientHello continues in a later record.
     Fragmented,
+    /// A handshake record longer than TLS allows a plaintext record to be (16 KiB).
+    TooLarge,
     Hello(ClientHello<'a>),
 }
 
@@ -34,7 +36,7 @@ impl<'a> ClientHello<'a> {
     }
 
     /// The offered ALPN protocols, in client order.
-    pub fn alpn(&self) -> impl Iterator<Item = &'a [u8]> {
+    pub fn alpn(&self) -> impl Iterator<Item = &'a [u8]> + Clone {
         let mut rest = self.alpn_raw.unwrap_or_default();
         std::iter::from_fn(move || {
             let (&len, tail) = rest.split_first()?;
@@ -101,8 +103,11 @@ pub fn peek(buf: &[u8]) -> Peek<'_> {
         return Peek::NeedMore;
     };
     let len = usize::from(len);
-    if content_type != RECORD_HANDSHAKE || major != 3 || len == 0 || len > MAX_RECORD {
+    if content_type != RECORD_HANDSHAKE || major != 3 || len == 0 {
         return Peek::NotTls;
+    }
+    if len > MAX_RECORD {
+        return Peek::TooLarge;
     }
     let Some(fragment) = rec.take(len) else {
         return Peek::NeedMore;
@@ -221,7 +226,8 @@ mod tests {
     fn plaintext_and_garbage_are_not_tls() {
         assert_eq!(peek(b"GET / HTTP/1.1\r\n"), Peek::NotTls);
         assert_eq!(peek(b"EHLO"), Peek::NotTls);
-        assert_eq!(peek(&[22, 3, 1, 0xff, 0xff, 1]), Peek::NotTls); // record too long
+        assert_eq!(peek(&[22, 3, 1, 0xff, 0xff, 1]), Peek::TooLarge);
+        assert_eq!(peek(&[22, 3, 1, 0x40, 0x01]), Peek::TooLarge); // 16385 bytes
         assert_eq!(peek(&[22, 3, 1, 0, 4, 2, 0, 0, 0]), Peek::NotTls); // not a ClientHello
     }
 

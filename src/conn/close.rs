@@ -35,6 +35,19 @@ pub enum CloseReason {
     /// A PROXY header from a source not in `proxy_sources` (or to a service without
     /// `accept_proxy`).
     ProxyNotAllowed,
+    /// No route for the client's SNI and `unknown_sni = "reject"` (alert unrecognized_name).
+    SniUnknown,
+    /// A ClientHello larger than one TLS record, where the route must be chosen from it.
+    ClientHelloTooLarge,
+    /// `client_auth = "required"` and the client presented no certificate.
+    ClientCertMissing,
+    /// The client certificate did not verify against `client_ca` (unknown issuer, expired,
+    /// bad signature, wrong usage).
+    ClientCertInvalid,
+    /// The client certificate is revoked by a `client_crl`.
+    ClientCertRevoked,
+    /// The client certificate verified but matches no `allow_*` entry (alert access_denied).
+    ClientNotAllowed,
 }
 
 impl CloseReason {
@@ -59,7 +72,25 @@ impl CloseReason {
             CloseReason::ProxyHeaderMissing => "proxy_header_missing",
             CloseReason::ProxyHeaderInvalid => "proxy_header_invalid",
             CloseReason::ProxyNotAllowed => "proxy_not_allowed",
+            CloseReason::SniUnknown => "sni_unknown",
+            CloseReason::ClientHelloTooLarge => "client_hello_too_large",
+            CloseReason::ClientCertMissing => "client_cert_missing",
+            CloseReason::ClientCertInvalid => "client_cert_invalid",
+            CloseReason::ClientCertRevoked => "client_cert_revoked",
+            CloseReason::ClientNotAllowed => "client_not_allowed",
         }
+    }
+
+    /// Whether the client was refused for its certificate (counted in
+    /// `client_cert_rejected`).
+    pub fn is_client_cert_refusal(self) -> bool {
+        matches!(
+            self,
+            CloseReason::ClientCertMissing
+                | CloseReason::ClientCertInvalid
+                | CloseReason::ClientCertRevoked
+                | CloseReason::ClientNotAllowed
+        )
     }
 
     /// Whether the connection ended normally; anything else counts in `closed_with_error`.

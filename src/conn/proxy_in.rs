@@ -128,8 +128,7 @@ mod tests {
                 local: "10.0.0.1:443".parse().unwrap(),
                 sni: Some("a.example"),
                 alpn: None,
-                tls_version: "TLSv1_3",
-                cipher: "TLS13_AES_128_GCM_SHA256",
+                tls: None,
             },
         )
     }

@@ -146,6 +146,15 @@ impl ServerTls {
         self.conn.is_handshaking()
     }
 
+    /// The client's certificate (the leaf, DER) when it presented one; the handshake verified
+    /// it (or restored it with the resumed session).
+    pub fn client_certificate(&self) -> Option<&[u8]> {
+        self.conn
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .map(|c| c.as_ref())
+    }
+
     pub fn negotiated_suite(&self) -> Option<rustls::SupportedCipherSuite> {
         self.conn.negotiated_cipher_suite()
     }
@@ -386,7 +395,7 @@ mod tests {
 
     fn pair(versions: &[&'static rustls::SupportedProtocolVersion]) -> Pair {
         let policy = TlsPolicy::default();
-        let built = build_server_config(&policy, &CertSource::Ephemeral).unwrap();
+        let built = build_server_config(&policy, &CertSource::Ephemeral, None).unwrap();
         let client_cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::aws_lc_rs::default_provider(),
         ))
@@ -463,7 +472,8 @@ mod tests {
     /// busy proxy and a client like `openssl s_time`) must still get its session tickets.
     #[test]
     fn tickets_are_sent_when_close_notify_follows_finished_in_one_read() {
-        let built = build_server_config(&TlsPolicy::default(), &CertSource::Ephemeral).unwrap();
+        let built =
+            build_server_config(&TlsPolicy::default(), &CertSource::Ephemeral, None).unwrap();
         let server_cfg = Arc::new(built.config);
         let mut client_cfg = (*pair(&[&rustls::version::TLS13]).client_config()).clone();
         client_cfg.resumption = rustls::client::Resumption::in_memory_sessions(8);

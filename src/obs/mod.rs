@@ -42,6 +42,12 @@ counters! {
     handshake_failures,
     /// Handshakes cut off by `handshake_timeout`.
     handshake_timeouts,
+    /// Clients refused for their certificate (missing, invalid, revoked or not allowed).
+    client_cert_rejected,
+    /// Clients refused because no route matched their SNI (`unknown_sni = "reject"`).
+    sni_rejected,
+    /// Connections forwarded without terminating TLS (pass-through routes).
+    passthrough,
     /// Backend connects refused, timed out or failed.
     backend_connect_failures,
     /// Connections closed (any reason).

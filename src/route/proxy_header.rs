@@ -4,15 +4,23 @@
 //!
 //! v1 is the text line (`PROXY TCP4 src dst sport dport\r\n`). v2 is binary and carries
 //! TLVs: ALPN (0x01) and authority (0x02, the SNI) when the client sent them, and SSL (0x20)
-//! with the client flags (PP2_CLIENT_SSL), the verify result (non-zero: no client
-//! certificate was verified) and the sub-TLVs version (0x21, e.g. `TLSv1.3`) and cipher
-//! (0x23, the IANA name with TLS 1.3's `TLS13_` shortened to `TLS_`, as OpenSSL says it).
+//! with the client flags (PP2_CLIENT_SSL, plus PP2_CLIENT_CERT_CONN when the client
+//! presented a certificate), the verify result (0: a client certificate was presented and
+//! verified; 1 otherwise) and the sub-TLVs version (0x21, e.g. `TLSv1.3`), CN (0x22, the
+//! client certificate's subject CN) and cipher (0x23, the IANA name with TLS 1.3's `TLS13_`
+//! shortened to `TLS_`, as OpenSSL says it). tlsfront's own TLVs, in the range the
+//! specification reserves for custom use: 0xE0 the client certificate's first URI SAN
+//! (a SPIFFE ID, say) and 0xE1 the SHA-256 of the client certificate (32 bytes).
+//! A pass-through connection (TLS not terminated here) gets the addresses and the
+//! authority TLV only.
 //! Mixed address families (an IPv4 client on an IPv6 listener) are sent as IPv6 with the
 //! IPv4 address mapped.
 
 use std::net::{IpAddr, SocketAddr};
 
 use ppp::v2::{Builder, Command, Protocol, Type, Version};
+
+use crate::tls::client_auth::Identity;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProxyVersion {
@@ -39,15 +47,28 @@ pub struct ConnInfo<'a> {
     pub local: SocketAddr,
     pub sni: Option<&'a str>,
     pub alpn: Option<&'a [u8]>,
+    /// The terminated session; `None` on a pass-through route.
+    pub tls: Option<TlsSummary<'a>>,
+}
+
+/// What the SSL TLV says about a terminated session.
+#[derive(Debug, Clone)]
+pub struct TlsSummary<'a> {
     /// rustls's name, e.g. `TLSv1_3`.
-    pub tls_version: &'a str,
+    pub version: &'a str,
     /// IANA name, e.g. `TLS13_AES_128_GCM_SHA256`.
     pub cipher: &'a str,
+    /// The verified client certificate, if the client presented one.
+    pub client_cert: Option<&'a Identity>,
 }
 
 const PP2_CLIENT_SSL: u8 = 0x01;
+const PP2_CLIENT_CERT_CONN: u8 = 0x02;
 /// `verify` when no client certificate was presented and verified.
 const NOT_VERIFIED: u32 = 1;
+/// tlsfront's TLVs (0xE0..=0xEF is PP2_TYPE_MIN_CUSTOM..=PP2_TYPE_MAX_CUSTOM).
+pub const PP2_TYPE_TLSFRONT_URI_SAN: u8 = 0xE0;
+pub const PP2_TYPE_TLSFRONT_CERT_SHA256: u8 = 0xE1;
 
 /// Both addresses in one family (IPv4-mapped IPv6 when they differ).
 fn same_family(a: SocketAddr, b: SocketAddr) -> (SocketAddr, SocketAddr) {
@@ -102,24 +123,42 @@ fn encode_v2(src: SocketAddr, dst: SocketAddr, info: &ConnInfo<'_>) -> std::io::
     if let Some(sni) = info.sni {
         header = header.write_tlv(Type::Authority, sni.as_bytes())?;
     }
-    header.write_tlv(Type::SSL, &ssl_tlv(info))?.build()
+    let Some(tls) = &info.tls else {
+        return header.build();
+    };
+    header = header.write_tlv(Type::SSL, &ssl_tlv(tls))?;
+    if let Some(cert) = tls.client_cert {
+        if let Some(uri) = cert.uri.first() {
+            header = header.write_tlv(PP2_TYPE_TLSFRONT_URI_SAN, uri.as_bytes())?;
+        }
+        header = header.write_tlv(PP2_TYPE_TLSFRONT_CERT_SHA256, &cert.sha256)?;
+    }
+    header.build()
 }
 
 /// The SSL TLV's value: client flags, verify, then its sub-TLVs.
-fn ssl_tlv(info: &ConnInfo<'_>) -> Vec<u8> {
-    let version = info.tls_version.replace('_', ".");
-    let cipher = match info.cipher.strip_prefix("TLS13_") {
+fn ssl_tlv(tls: &TlsSummary<'_>) -> Vec<u8> {
+    let version = tls.version.replace('_', ".");
+    let cipher = match tls.cipher.strip_prefix("TLS13_") {
         Some(rest) => format!("TLS_{rest}"),
-        None => info.cipher.to_string(),
+        None => tls.cipher.to_string(),
     };
-    let mut v = Vec::with_capacity(5 + 6 + version.len() + cipher.len());
-    v.push(PP2_CLIENT_SSL);
-    v.extend_from_slice(&NOT_VERIFIED.to_be_bytes());
-    for (kind, value) in [
-        (Type::SSLVersion, version.as_bytes()),
-        (Type::SSLCipher, cipher.as_bytes()),
-    ] {
-        v.push(kind as u8);
+    let cn = tls.client_cert.and_then(|c| c.cn.as_deref());
+    let (client, verify) = match tls.client_cert {
+        Some(_) => (PP2_CLIENT_SSL | PP2_CLIENT_CERT_CONN, 0),
+        None => (PP2_CLIENT_SSL, NOT_VERIFIED),
+    };
+    let mut v = Vec::with_capacity(5 + 9 + version.len() + cipher.len() + cn.map_or(0, str::len));
+    v.push(client);
+    v.extend_from_slice(&verify.to_be_bytes());
+    // Sub-TLVs in type order: version 0x21, CN 0x22, cipher 0x23.
+    let subs = [
+        Some((Type::SSLVersion as u8, version.as_bytes())),
+        cn.map(|cn| (Type::SSLCommonName as u8, cn.as_bytes())),
+        Some((Type::SSLCipher as u8, cipher.as_bytes())),
+    ];
+    for (kind, value) in subs.into_iter().flatten() {
+        v.push(kind);
         v.extend_from_slice(&(value.len() as u16).to_be_bytes());
         v.extend_from_slice(value);
     }
@@ -136,8 +175,11 @@ mod tests {
             local: local.parse().unwrap(),
             sni: Some("db.example.com"),
             alpn: Some(b"postgresql"),
-            tls_version: "TLSv1_3",
-            cipher: "TLS13_AES_128_GCM_SHA256",
+            tls: Some(TlsSummary {
+                version: "TLSv1_3",
+                cipher: "TLS13_AES_128_GCM_SHA256",
+                client_cert: None,
+            }),
         }
     }
 

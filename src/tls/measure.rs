@@ -39,7 +39,8 @@ impl RecordPair {
             ciphers: Some(vec![suite_name(suite).to_string()]),
             ..TlsPolicy::default()
         };
-        let built = build_server_config(&policy, &CertSource::Ephemeral).map_err(|e| e.message)?;
+        let built =
+            build_server_config(&policy, &CertSource::Ephemeral, None).map_err(|e| e.message)?;
         let server_cfg = per_worker_config(&built.config, &built.certified, 64, false);
         let mut roots = RootCertStore::empty();
         roots

@@ -410,9 +410,11 @@ impl ResolvesServerCert for SingleCert {
 }
 
 /// Builds the rustls server config for one service.
+/// `client_verifier` asks for client certificates (mTLS); `None` asks for none.
 pub fn build_server_config(
     policy: &TlsPolicy,
     source: &CertSource,
+    client_verifier: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
 ) -> Result<BuiltConfig, PolicyError> {
     let provider = CryptoProvider {
         cipher_suites: select_suites(policy)?,
@@ -468,7 +470,10 @@ pub fn build_server_config(
                     format!("inconsistent TLS policy: {e}"),
                 )
             })?
-            .with_no_client_auth()
+            .with_client_cert_verifier(match &client_verifier {
+                Some(v) => v.clone(),
+                None => rustls::server::WebPkiClientVerifier::no_client_auth(),
+            })
             .with_cert_resolver(Arc::new(SingleCert(certified.clone())));
         config.ignore_client_order = policy.preference != CipherPreference::Client;
         config.alpn_protocols = policy.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
@@ -548,20 +553,20 @@ mod tests {
 
     #[test]
     fn auto_builds_a_chacha_variant_only_where_it_can_matter() {
-        let built = build_server_config(&policy(), &CertSource::Ephemeral).unwrap();
+        let built = build_server_config(&policy(), &CertSource::Ephemeral, None).unwrap();
         assert!(built.config.ignore_client_order);
         assert_eq!(built.chacha_first.is_some(), cpu::aes_gcm_accelerated());
         let aes_only = TlsPolicy {
             ciphers: Some(vec!["TLS13_AES_128_GCM_SHA256".into()]),
             ..policy()
         };
-        let built = build_server_config(&aes_only, &CertSource::Ephemeral).unwrap();
+        let built = build_server_config(&aes_only, &CertSource::Ephemeral, None).unwrap();
         assert!(built.chacha_first.is_none(), "nothing to reorder");
         let client = TlsPolicy {
             preference: CipherPreference::Client,
             ..policy()
         };
-        let built = build_server_config(&client, &CertSource::Ephemeral).unwrap();
+        let built = build_server_config(&client, &CertSource::Ephemeral, None).unwrap();
         assert!(!built.config.ignore_client_order && built.chacha_first.is_none());
     }
 
@@ -571,7 +576,7 @@ mod tests {
 
     #[test]
     fn worker_copies_share_no_per_handshake_state() {
-        let built = build_server_config(&policy(), &CertSource::Ephemeral).unwrap();
+        let built = build_server_config(&policy(), &CertSource::Ephemeral, None).unwrap();
         let a = per_worker_config(&built.config, &built.certified, 16, false);
         let b = per_worker_config(&built.config, &built.certified, 16, true);
         assert!(!a.enable_secret_extraction && b.enable_secret_extraction);
@@ -592,7 +597,7 @@ mod tests {
 
     #[test]
     fn default_groups_put_the_hybrid_first() {
-        let built = build_server_config(&policy(), &CertSource::Ephemeral).unwrap();
+        let built = build_server_config(&policy(), &CertSource::Ephemeral, None).unwrap();
         let names: Vec<_> = built
             .config
             .crypto_provider()

@@ -21,8 +21,8 @@ use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::TcpStream;
 use tracing::{debug, info, warn};
 
-use super::{ktls_relay, ServiceRt, WorkerCtx};
-use crate::config::Service;
+use super::{ktls_relay, passthrough, ServiceRt, WorkerCtx};
+use crate::config::{Route, Service};
 use crate::conn::client_hello::{self, Peek};
 use crate::conn::close::CloseReason;
 use crate::conn::offload::{self, Offload, UserspaceReason};
@@ -32,8 +32,10 @@ use crate::io::connect::{self, ConnectError};
 use crate::io::ktls;
 use crate::io::sockopt;
 use crate::obs;
+use crate::route::identity;
 use crate::route::pool::{HealthChange, Pool};
-use crate::route::proxy_header::{self, ConnInfo};
+use crate::route::proxy_header::{self, ConnInfo, TlsSummary};
+use crate::tls::client_auth::{self, Identity, Refusal};
 
 /// Releases the connection's slot in the worker's books however the task ends.
 struct Slot {
@@ -101,6 +103,8 @@ pub(super) struct Tally {
     pub(super) down: Cell<u64>,
     /// The client a PROXY header named (the TCP peer was its load balancer).
     pub(super) client: Cell<Option<SocketAddr>>,
+    /// The route the ClientHello chose (index into the service's routes).
+    pub(super) route: Cell<Option<usize>>,
 }
 
 pub(super) async fn serve(
@@ -132,6 +136,11 @@ pub(super) async fn serve(
         Some(client) => (client, peer.to_string()),
         None => (peer, "-".to_string()),
     };
+    let route = tally
+        .route
+        .get()
+        .and_then(|r| svc.routes.get(r))
+        .map_or("-", |r| r.name.as_str());
     obs::add(&ctx.stats.bytes_client_to_backend, up);
     obs::add(&ctx.stats.bytes_backend_to_client, down);
     let duration_ms = started.elapsed().as_millis() as u64;
@@ -139,9 +148,9 @@ pub(super) async fn serve(
         obs::inc(&ctx.stats.closed_with_error);
     }
     if reason.is_failure() {
-        warn!(worker = ctx.id, service = %svc.name, %peer, %proxied_by, bytes_in = up, bytes_out = down, duration_ms, reason = %reason, "closed");
+        warn!(worker = ctx.id, service = %svc.name, %route, %peer, %proxied_by, bytes_in = up, bytes_out = down, duration_ms, reason = %reason, "closed");
     } else {
-        info!(worker = ctx.id, service = %svc.name, %peer, %proxied_by, bytes_in = up, bytes_out = down, duration_ms, reason = %reason, "closed");
+        info!(worker = ctx.id, service = %svc.name, %route, %peer, %proxied_by, bytes_in = up, bytes_out = down, duration_ms, reason = %reason, "closed");
     }
     drop(slot);
 }
@@ -166,50 +175,52 @@ async fn run(
                 }
             }
         }
-        // The ClientHello picks the config (cipher preference) before rustls sees it.
-        let sni = read_client_hello(client, rt, &mut bufs, &mut session).await?;
+        // The ClientHello picks the route and its config before rustls sees it.
+        let chosen = read_client_hello(client, rt, &mut bufs, &mut session).await?;
+        tally.route.set(Some(chosen.route));
         let Some(tls) = session.as_mut() else {
-            return Err(CloseReason::TlsError);
+            return Ok(Opening::Passthrough(chosen));
         };
         handshake(client, tls, &mut bufs)
             .await
-            .map(|peer_closed| Handshaken { sni, peer_closed })
+            .map(|peer_closed| Opening::Terminated(chosen, peer_closed))
     };
     let handshake = tokio::select! {
         r = tokio::time::timeout(svc.tunables.handshake_timeout, hello_and_handshake) => r,
         _ = ctx.force_close.notified() => Ok(Err(CloseReason::DrainTimeout)),
     };
     let finished = session.as_ref().is_some_and(|t| !t.is_handshaking());
-    let Some(mut tls) = session else {
-        // No session was created: no TLS ClientHello (or the client left before one).
-        return match handshake {
-            Ok(Err(reason)) => {
-                obs::inc(&ctx.stats.handshake_failures);
-                reason
-            }
-            Err(_) => {
-                obs::inc(&ctx.stats.handshake_timeouts);
-                CloseReason::HandshakeTimeout
-            }
-            Ok(Ok(_)) => CloseReason::TlsError,
-        };
-    };
-    let Handshaken { sni, peer_closed } = match handshake {
-        Ok(Ok(done)) => done,
+    let opening = match handshake {
+        Ok(Ok(opening)) => opening,
+        // The handshake finished; the client left while we sent its last flight
+        // (tickets), as `openssl s_time` does.
         Ok(Err(reason)) if finished => {
-            // The handshake finished; the client left while we sent its last flight
-            // (tickets), as `openssl s_time` does.
             obs::inc(&ctx.stats.handshakes);
             return reason;
         }
         Ok(Err(reason)) => {
             obs::inc(&ctx.stats.handshake_failures);
+            if reason.is_client_cert_refusal() {
+                obs::inc(&ctx.stats.client_cert_rejected);
+            } else if reason == CloseReason::SniUnknown {
+                obs::inc(&ctx.stats.sni_rejected);
+            }
             return reason;
         }
         Err(_elapsed) => {
             obs::inc(&ctx.stats.handshake_timeouts);
             return CloseReason::HandshakeTimeout;
         }
+    };
+    let (Chosen { route, sni }, peer_closed) = match opening {
+        Opening::Passthrough(chosen) => {
+            obs::inc(&ctx.stats.passthrough);
+            return passthrough(ctx, rt, client, peer, chosen, bufs, tally).await;
+        }
+        Opening::Terminated(chosen, peer_closed) => (chosen, peer_closed),
+    };
+    let Some(mut tls) = session else {
+        return CloseReason::TlsError;
     };
     obs::inc(&ctx.stats.handshakes);
     let info = tls.info();
@@ -220,10 +231,22 @@ async fn run(
     } else {
         obs::inc(&svc_stats.handshakes_full);
     }
+    let identity = tls
+        .client_certificate()
+        .and_then(|der| match Identity::from_der(der) {
+            Ok(id) => Some(id),
+            Err(e) => {
+                debug!(error = %e, "cannot read the client certificate's names");
+                None
+            }
+        });
+    let route_cfg = &svc.routes[route];
     debug!(
-        worker = ctx.id, service = %svc.name, %peer, version = info.version, suite = info.suite,
-        sni = sni.as_deref().unwrap_or("-"), alpn = info.alpn.as_deref().unwrap_or("-"),
-        resumed = info.resumed, "handshake done"
+        worker = ctx.id, service = %svc.name, route = %route_cfg.name, %peer, version = info.version,
+        suite = info.suite, sni = sni.as_deref().unwrap_or("-"),
+        alpn = info.alpn.as_deref().unwrap_or("-"), resumed = info.resumed,
+        client_cn = identity.as_ref().and_then(|i| i.cn.as_deref()).unwrap_or("-"),
+        "handshake done"
     );
 
     // A finished handshake always has a suite; no panic path on network input regardless.
@@ -249,63 +272,10 @@ async fn run(
         }
     }
 
-    // Built-in backends are resolved to addresses before workers start.
-    let addrs = svc.backend.addrs();
-    if addrs.is_empty() {
-        return CloseReason::BackendConnectError;
-    }
-    // Failover: the pool's order, all within one connect_timeout.
-    let deadline = Instant::now() + svc.tunables.connect_timeout;
-    let mut outcome = Err(ConnectError::TimedOut);
-    let mut backend_addr = addrs.first().copied().unwrap_or(peer);
-    let mut slot = None;
-    for i in rt.pool.order(Instant::now()) {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            break;
-        }
-        backend_addr = addrs[i];
-        let mut forced = false;
-        let attempt = tokio::select! {
-            r = connect::connect(backend_addr, &svc.tunables, left) => r,
-            _ = ctx.force_close.notified() => { forced = true; Err(ConnectError::TimedOut) }
-        };
-        match attempt {
-            Ok(b) => {
-                if rt.pool.connected(i) == HealthChange::Up {
-                    info!(worker = ctx.id, service = %svc.name, backend = %backend_addr, "backend up");
-                }
-                slot = Some(PoolSlot {
-                    pool: &rt.pool,
-                    index: i,
-                });
-                outcome = Ok(b);
-                break;
-            }
-            Err(e) => {
-                obs::inc(&ctx.stats.backend_connect_failures);
-                if rt.pool.failed(i, Instant::now()) == HealthChange::Down {
-                    warn!(worker = ctx.id, service = %svc.name, backend = %backend_addr, retry_after = ?svc.pool.retry, "backend down");
-                } else if addrs.len() > 1 {
-                    debug!(worker = ctx.id, service = %svc.name, backend = %backend_addr, error = %e, "backend connect failed, trying the next");
-                }
-                outcome = Err(e);
-                if forced {
-                    break;
-                }
-            }
-        }
-    }
-    let _slot = slot;
-    let backend = match outcome {
-        Ok(b) => b,
-        Err(e) => {
-            let reason = match e {
-                ConnectError::Refused => CloseReason::BackendConnectRefused,
-                ConnectError::TimedOut => CloseReason::BackendConnectTimeout,
-                ConnectError::Other(_) => CloseReason::BackendConnectError,
-            };
-            warn!(worker = ctx.id, service = %svc.name, %peer, backend = %backend_addr, error = %e, reason = %reason, "backend connect failed");
+    let upstream = route_cfg.upstream_for(identity.as_ref());
+    let (backend, _slot) = match connect_upstream(ctx, rt, route, upstream, peer).await {
+        Ok(connected) => connected,
+        Err(reason) => {
             // Tell the client cleanly: close_notify, then FIN.
             if tls.close_notify(&mut bufs.incoming, &mut bufs.out).is_ok() {
                 let _ = flush(client, &mut bufs.out, &mut bufs.out_spare).await;
@@ -314,33 +284,25 @@ async fn run(
             return reason;
         }
     };
-
-    if let Some(version) = svc.proxy_protocol {
-        // The backend hears who the client is before any of the client's bytes.
-        let local = crate::io::sockopt::with_sockref(client, |s| s.local_addr())
-            .ok()
-            .and_then(|a| a.as_socket())
-            .unwrap_or(svc.listen);
-        let header = proxy_header::encode(
-            version,
-            &ConnInfo {
-                client: peer,
-                local,
-                sni: sni.as_deref(),
-                alpn: info.alpn.as_deref().map(str::as_bytes),
-                tls_version: info.version,
-                cipher: info.suite,
-            },
-        );
-        let (res, _) = backend.write_all(header).await;
-        if let Err(e) = res {
-            warn!(worker = ctx.id, service = %svc.name, %peer, error = %e, "writing the PROXY header to the backend failed");
-            if tls.close_notify(&mut bufs.incoming, &mut bufs.out).is_ok() {
-                let _ = flush(client, &mut bufs.out, &mut bufs.out_spare).await;
-            }
-            let _ = client.shutdown(Shutdown::Write);
-            return CloseReason::BackendIoError;
+    let summary = TlsSummary {
+        version: info.version,
+        cipher: info.suite,
+        client_cert: identity.as_ref(),
+    };
+    let conn = ConnInfo {
+        client: peer,
+        local: local_addr(client, svc),
+        sni: sni.as_deref(),
+        alpn: info.alpn.as_deref().map(str::as_bytes),
+        tls: Some(summary),
+    };
+    let _registered = register_identity(ctx, rt, route, &backend, &conn);
+    if let Err(reason) = send_proxy_header(ctx, svc, route_cfg, &backend, &conn).await {
+        if tls.close_notify(&mut bufs.incoming, &mut bufs.out).is_ok() {
+            let _ = flush(client, &mut bufs.out, &mut bufs.out_spare).await;
         }
+        let _ = client.shutdown(Shutdown::Write);
+        return reason;
     }
 
     if let Offload::Kernel { .. } = offload {
@@ -375,6 +337,166 @@ async fn run(
     reason
 }
 
+/// A pass-through route: the ClientHello (still in `bufs.incoming`) and everything after it
+/// go to the backend untouched.
+async fn passthrough(
+    ctx: &WorkerCtx,
+    rt: &ServiceRt,
+    client: &TcpStream,
+    peer: SocketAddr,
+    chosen: Chosen,
+    bufs: Buffers,
+    tally: &Tally,
+) -> CloseReason {
+    let svc = rt.svc();
+    let route_cfg = &svc.routes[chosen.route];
+    let (backend, _slot) = match connect_upstream(ctx, rt, chosen.route, 0, peer).await {
+        Ok(connected) => connected,
+        Err(reason) => return reason,
+    };
+    let conn = ConnInfo {
+        client: peer,
+        local: local_addr(client, svc),
+        sni: chosen.sni.as_deref(),
+        alpn: None,
+        tls: None,
+    };
+    let _registered = register_identity(ctx, rt, chosen.route, &backend, &conn);
+    if let Err(reason) = send_proxy_header(ctx, svc, route_cfg, &backend, &conn).await {
+        return reason;
+    }
+    info!(worker = ctx.id, service = %svc.name, route = %route_cfg.name, %peer, "pass-through");
+    let hello = bufs.incoming;
+    let n = hello.len() as u64;
+    let (res, _) = backend.write_all(hello).await;
+    if res.is_err() {
+        return CloseReason::BackendIoError;
+    }
+    tally.up.set(n);
+    let reason = passthrough::relay(ctx, svc.tunables.idle_timeout, client, &backend, tally).await;
+    let _ = backend.shutdown(Shutdown::Both);
+    reason
+}
+
+/// The address the client connected to (the listener's when the socket cannot say).
+fn local_addr(client: &TcpStream, svc: &Service) -> SocketAddr {
+    sockopt::with_sockref(client, |s| s.local_addr())
+        .ok()
+        .and_then(|a| a.as_socket())
+        .unwrap_or(svc.listen)
+}
+
+/// Connects to a backend of the route's upstream: the pool's order, failing over to the
+/// next backend on error, all within one `connect_timeout`.
+async fn connect_upstream<'r>(
+    ctx: &WorkerCtx,
+    rt: &'r ServiceRt,
+    route: usize,
+    upstream: usize,
+    peer: SocketAddr,
+) -> Result<(TcpStream, PoolSlot<'r>), CloseReason> {
+    let svc = rt.svc();
+    let pool = &rt.routes[route].pools[upstream];
+    let policy = &svc.routes[route].upstreams[upstream];
+    // Built-in backends are resolved to addresses before workers start.
+    let addrs = policy.backend.addrs();
+    if addrs.is_empty() {
+        return Err(CloseReason::BackendConnectError);
+    }
+    let deadline = Instant::now() + svc.tunables.connect_timeout;
+    let mut last_error = ConnectError::TimedOut;
+    let mut backend_addr = addrs[0];
+    for i in pool.order(Instant::now()) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        backend_addr = addrs[i];
+        let mut forced = false;
+        let attempt = tokio::select! {
+            r = connect::connect(backend_addr, &svc.tunables, left) => r,
+            _ = ctx.force_close.notified() => { forced = true; Err(ConnectError::TimedOut) }
+        };
+        match attempt {
+            Ok(stream) => {
+                if pool.connected(i) == HealthChange::Up {
+                    info!(worker = ctx.id, service = %svc.name, backend = %backend_addr, "backend up");
+                }
+                return Ok((stream, PoolSlot { pool, index: i }));
+            }
+            Err(e) => {
+                obs::inc(&ctx.stats.backend_connect_failures);
+                if pool.failed(i, Instant::now()) == HealthChange::Down {
+                    warn!(worker = ctx.id, service = %svc.name, backend = %backend_addr, retry_after = ?policy.pool.retry, "backend down");
+                } else if addrs.len() > 1 {
+                    debug!(worker = ctx.id, service = %svc.name, backend = %backend_addr, error = %e, "backend connect failed, trying the next");
+                }
+                last_error = e;
+                if forced {
+                    break;
+                }
+            }
+        }
+    }
+    let reason = match last_error {
+        ConnectError::Refused => CloseReason::BackendConnectRefused,
+        ConnectError::TimedOut => CloseReason::BackendConnectTimeout,
+        ConnectError::Other(_) => CloseReason::BackendConnectError,
+    };
+    warn!(worker = ctx.id, service = %svc.name, %peer, backend = %backend_addr, error = %last_error, reason = %reason, "backend connect failed");
+    Err(reason)
+}
+
+/// Sends the route's PROXY header (if any) so the backend hears who the client is before
+/// any of the client's bytes.
+async fn send_proxy_header(
+    ctx: &WorkerCtx,
+    svc: &Service,
+    route: &Route,
+    backend: &TcpStream,
+    conn: &ConnInfo<'_>,
+) -> Result<(), CloseReason> {
+    let Some(version) = route.proxy_protocol else {
+        return Ok(());
+    };
+    let (res, _) = backend.write_all(proxy_header::encode(version, conn)).await;
+    res.map_err(|e| {
+        warn!(worker = ctx.id, service = %svc.name, peer = %conn.client, error = %e, "writing the PROXY header to the backend failed");
+        CloseReason::BackendIoError
+    })
+}
+
+/// Makes the connection known to the identity lookup (when `identity_socket` is set) for as
+/// long as the returned guard lives.
+fn register_identity<'c>(
+    ctx: &'c WorkerCtx,
+    rt: &ServiceRt,
+    route: usize,
+    backend: &TcpStream,
+    conn: &ConnInfo<'_>,
+) -> Option<identity::Registered<'c>> {
+    rt.config.global.identity_socket.as_ref()?;
+    let (local, remote) = sockopt::with_sockref(backend, |s| {
+        Ok::<_, std::io::Error>((s.local_addr()?, s.peer_addr()?))
+    })
+    .ok()?;
+    let (local, remote) = (local.as_socket()?, remote.as_socket()?);
+    let svc = rt.svc();
+    let tls = conn.tls.as_ref();
+    let record = identity::Record {
+        client: conn.client,
+        service: svc.name.clone(),
+        route: svc.routes[route].name.clone(),
+        sni: conn.sni.map(str::to_owned),
+        tls_version: tls.map(|t| t.version.replace('_', ".")),
+        cipher: tls.map(|t| t.cipher.to_owned()),
+        client_cert: tls
+            .and_then(|t| t.client_cert)
+            .map(identity::CertRecord::from),
+    };
+    Some(ctx.identities.register(local.port(), remote, record))
+}
+
 fn count_offload(ctx: &WorkerCtx, offload: Offload) {
     let s = &ctx.stats;
     obs::inc(match offload {
@@ -392,12 +514,24 @@ fn count_offload(ctx: &WorkerCtx, offload: Offload) {
     });
 }
 
-/// What the handshake phase learned.
-struct Handshaken {
+/// The route a ClientHello chose.
+struct Chosen {
+    /// Index into the service's routes.
+    route: usize,
     sni: Option<Box<str>>,
-    /// close_notify already arrived along with the client's last handshake flight.
-    peer_closed: bool,
 }
+
+/// How the connection opened.
+enum Opening {
+    /// A terminating route's handshake is done; `true`: close_notify already arrived along
+    /// with the client's last handshake flight.
+    Terminated(Chosen, bool),
+    /// A pass-through route: the ClientHello is in the buffer, untouched.
+    Passthrough(Chosen),
+}
+
+/// TLS alert unrecognized_name (112), fatal, as a plaintext record (before any ServerHello).
+const ALERT_UNRECOGNIZED_NAME: [u8; 7] = [21, 3, 3, 0, 2, 2, 112];
 
 /// Reads the PROXY header an allowed load balancer must send first and removes it from
 /// `bufs.incoming` (what follows stays for the ClientHello). Returns the client it names
@@ -432,19 +566,21 @@ async fn read_proxy_header(
 }
 
 /// Reads until the ClientHello can be peeked (starting with what `bufs.incoming` already
-/// holds), then creates the session with the config it calls for (in `session`). Returns the
-/// SNI. The bytes stay in `bufs.incoming` for rustls.
+/// holds) and chooses the route by its SNI and ALPN offer. For a terminating route it creates
+/// the session with the config the route (and the client's cipher order) calls for, in
+/// `session`. The bytes stay in `bufs.incoming`, for rustls or the pass-through backend.
 async fn read_client_hello(
     client: &TcpStream,
     rt: &ServiceRt,
     bufs: &mut Buffers,
     session: &mut Option<ServerTls>,
-) -> Result<Option<Box<str>>, CloseReason> {
+) -> Result<Chosen, CloseReason> {
+    let svc = rt.svc();
     let mut must_read = bufs.incoming.is_empty();
     loop {
         if must_read {
             if bufs.incoming.len() == bufs.incoming.capacity() {
-                return Err(CloseReason::TlsError);
+                return Err(CloseReason::ClientHelloTooLarge);
             }
             let (res, incoming) = read_append(client, std::mem::take(&mut bufs.incoming)).await;
             bufs.incoming = incoming;
@@ -454,25 +590,52 @@ async fn read_client_hello(
             }
         }
         must_read = true;
-        let (config, sni) = match client_hello::peek(&bufs.incoming) {
+        let (route, sni, suites) = match client_hello::peek(&bufs.incoming) {
             Peek::NeedMore => continue,
             // A PROXY header where none is accepted gets its own reason.
             Peek::NotTls if proxy_in::parse(&bufs.incoming) != Inbound::NotProxy => {
                 return Err(CloseReason::ProxyNotAllowed)
             }
             Peek::NotTls => return Err(CloseReason::TlsError),
-            // rustls will reassemble it; the default order applies.
-            Peek::Fragmented => (&rt.tls, None),
-            Peek::Hello(hello) => (rt.tls_for(hello.cipher_suites()), hello.sni.map(Box::from)),
+            Peek::TooLarge => return Err(CloseReason::ClientHelloTooLarge),
+            // Nothing to route by: the default route (rustls reassembles the hello).
+            Peek::Fragmented => (svc.default_route, None, None),
+            Peek::Hello(hello) => (
+                svc.route_for(hello.sni, hello.alpn()),
+                hello.sni.map(Box::from),
+                Some(hello.cipher_suites()),
+            ),
         };
-        match ServerTls::new(config.clone()) {
-            Ok(t) => *session = Some(t),
-            Err(e) => {
-                warn!(error = %e, "cannot create TLS session");
-                return Err(CloseReason::TlsError);
+        let Some(route) = route else {
+            debug!(
+                sni = sni.as_deref().unwrap_or("-"),
+                "no route for this SNI: rejected"
+            );
+            reject_unknown_sni(client).await;
+            return Err(CloseReason::SniUnknown);
+        };
+        let config = match suites {
+            Some(suites) => rt.tls_for(route, suites),
+            None => rt.routes[route].tls.as_ref(),
+        };
+        if let Some(config) = config {
+            match ServerTls::new(config.clone()) {
+                Ok(t) => *session = Some(t),
+                Err(e) => {
+                    warn!(error = %e, "cannot create TLS session");
+                    return Err(CloseReason::TlsError);
+                }
             }
         }
-        return Ok(sni);
+        return Ok(Chosen { route, sni });
+    }
+}
+
+/// Refuses a client no route is for: the fatal alert unrecognized_name, then the close.
+async fn reject_unknown_sni(client: &TcpStream) {
+    let (res, _) = client.write_all(ALERT_UNRECOGNIZED_NAME.to_vec()).await;
+    if res.is_ok() {
+        let _ = client.shutdown(Shutdown::Write);
     }
 }
 
@@ -511,7 +674,17 @@ async fn handshake(
                 debug!(error = %e, "handshake failed");
                 // Best effort: the alert rustls queued.
                 let _ = flush(client, &mut bufs.out, &mut bufs.out_spare).await;
-                return Err(CloseReason::TlsError);
+                let refusal = match &e {
+                    TlsError::Protocol(err) => client_auth::refusal(err),
+                    TlsError::NotWritable(_) => None,
+                };
+                return Err(match refusal {
+                    Some(Refusal::Missing) => CloseReason::ClientCertMissing,
+                    Some(Refusal::Invalid) => CloseReason::ClientCertInvalid,
+                    Some(Refusal::Revoked) => CloseReason::ClientCertRevoked,
+                    Some(Refusal::NotAllowed) => CloseReason::ClientNotAllowed,
+                    None => CloseReason::TlsError,
+                });
             }
         }
     }

@@ -255,7 +255,7 @@ impl<Data> KtlsRelay<'_, Data> {
                 }
                 Ok(n) => {
                     self.touch();
-                    self.drain(pipe, &self.backend, n)
+                    drain_pipe(pipe, &self.backend, n)
                         .await
                         .map_err(|_| CloseReason::BackendIoError)?;
                     self.tally.up.set(self.tally.up.get() + n as u64);
@@ -298,7 +298,7 @@ impl<Data> KtlsRelay<'_, Data> {
                 }
                 Ok(n) => {
                     self.touch();
-                    self.drain(pipe, &self.client, n)
+                    drain_pipe(pipe, &self.client, n)
                         .await
                         .map_err(|_| CloseReason::ClientIoError)?;
                     self.tally.down.set(self.tally.down.get() + n as u64);
@@ -316,21 +316,6 @@ impl<Data> KtlsRelay<'_, Data> {
                 Err(_) => return Err(CloseReason::BackendIoError),
             }
         }
-    }
-
-    /// Moves exactly `n` bytes out of `pipe` into `to`, waiting whenever `to` is full.
-    async fn drain(&self, pipe: &Pipe, to: &Rc<OwnedFd>, mut n: usize) -> io::Result<()> {
-        while n > 0 {
-            match splice::splice(&pipe.read, to, n as u32).await {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(k) => n -= k,
-                Err(e) if errno(&e) == Some(libc::EAGAIN) => {
-                    poll::ready(to, Interest::Writable).await?;
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
     }
 
     /// Sends close_notify through the kernel, waiting for room in the socket buffer.
@@ -435,4 +420,19 @@ impl<Data> KtlsRelay<'_, Data> {
             }
         }
     }
+}
+
+/// Moves exactly `n` bytes out of `pipe` into `to`, waiting whenever `to` is full.
+pub(super) async fn drain_pipe(pipe: &Pipe, to: &Rc<OwnedFd>, mut n: usize) -> io::Result<()> {
+    while n > 0 {
+        match splice::splice(&pipe.read, to, n as u32).await {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(k) => n -= k,
+            Err(e) if errno(&e) == Some(libc::EAGAIN) => {
+                poll::ready(to, Interest::Writable).await?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }

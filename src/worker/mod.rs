@@ -4,6 +4,7 @@
 
 mod connection;
 mod ktls_relay;
+mod passthrough;
 
 use std::cell::{Cell, RefCell};
 use std::net::{SocketAddr, TcpListener as StdListener};
@@ -26,6 +27,12 @@ pub enum Control {
     Stats,
     /// Serve new connections with a new configuration (SIGHUP); open ones keep theirs.
     Reload(Reload),
+    /// The identity lookup asks about a backend connection; the reply is the record's JSON
+    /// if this worker has it.
+    Lookup(
+        crate::route::identity::Query,
+        std::sync::mpsc::Sender<Option<String>>,
+    ),
     /// Stop accepting, drain open connections up to `drain_timeout`, then exit.
     Shutdown,
 }
@@ -66,12 +73,8 @@ pub struct WorkerSpec {
 pub(crate) struct ServiceRt {
     pub config: Arc<Config>,
     pub index: usize,
-    /// This worker's own TLS config copy (see `tls::per_worker_config`).
-    pub tls: Arc<rustls::ServerConfig>,
-    /// Its ChaCha20-first variant, for clients that prefer ChaCha20 (`cipher_preference`).
-    pub tls_chacha_first: Option<Arc<rustls::ServerConfig>>,
-    /// This worker's view of the service's backends (balancing, passive health).
-    pub pool: crate::route::pool::Pool,
+    /// Per route of the service (same order): this worker's TLS configs and pools.
+    pub routes: Vec<RouteRt>,
     /// This worker's share of `max_connections`.
     pub limit: u32,
     /// Open connections of this service on this worker.
@@ -80,6 +83,18 @@ pub(crate) struct ServiceRt {
     /// Set when a reload replaced this configuration: its health checks stop (open
     /// connections still use it to their end).
     pub retired: Cell<bool>,
+}
+
+/// One route as a worker runs it.
+pub(crate) struct RouteRt {
+    /// This worker's own TLS config copy (see `tls::per_worker_config`); `None` for a
+    /// pass-through route.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Its ChaCha20-first variant, for clients that prefer ChaCha20 (`cipher_preference`).
+    pub tls_chacha_first: Option<Arc<rustls::ServerConfig>>,
+    /// This worker's view of each upstream's backends (balancing, passive health), in the
+    /// route's upstream order.
+    pub pools: Vec<crate::route::pool::Pool>,
 }
 
 impl ServiceRt {
@@ -92,29 +107,57 @@ impl ServiceRt {
         let svc = &config.services[index];
         let workers = config.global.workers as u32;
         let extract = offload::may_offload(svc.ktls, config.kernel_tls.as_ref());
-        let tls = crate::tls::per_worker_config(
-            &svc.tls,
-            &svc.certified,
-            svc.session_cache_size,
-            extract,
-        );
-        let tls_chacha_first = svc
-            .tls_chacha_first
-            .as_ref()
-            .map(|v| crate::tls::per_worker_variant(v, &tls));
+        let routes = svc
+            .routes
+            .iter()
+            .map(|route| {
+                let tls = route.tls.as_ref().map(|t| {
+                    crate::tls::per_worker_config(
+                        &t.config,
+                        &t.certified,
+                        svc.session_cache_size,
+                        extract,
+                    )
+                });
+                let tls_chacha_first = match (&route.tls, &tls) {
+                    (Some(t), Some(primary)) => t
+                        .chacha_first
+                        .as_ref()
+                        .map(|v| crate::tls::per_worker_variant(v, primary)),
+                    _ => None,
+                };
+                let pools = route
+                    .upstreams
+                    .iter()
+                    .map(|u| crate::route::pool::Pool::new(u.backend.addrs().len().max(1), u.pool))
+                    .collect();
+                RouteRt {
+                    tls,
+                    tls_chacha_first,
+                    pools,
+                }
+            })
+            .collect();
         let rt = Rc::new(ServiceRt {
             config: config.clone(),
             index,
-            tls,
-            tls_chacha_first,
-            pool: crate::route::pool::Pool::new(svc.backend.addrs().len().max(1), svc.pool),
+            routes,
             limit: svc.tunables.max_connections.div_ceil(workers).max(1),
             active,
             stats,
             retired: Cell::new(false),
         });
-        if let Some(every) = svc.pool.check {
-            tokio_uring::spawn(health_checks(Rc::downgrade(&rt), every));
+        let checks = svc.routes.iter().enumerate().flat_map(|(r, route)| {
+            route
+                .upstreams
+                .iter()
+                .enumerate()
+                .map(move |(u, up)| (r, u, up))
+        });
+        for (r, u, up) in checks {
+            if let Some(every) = up.pool.check {
+                tokio_uring::spawn(health_checks(Rc::downgrade(&rt), r, u, every));
+            }
         }
         rt
     }
@@ -123,36 +166,49 @@ impl ServiceRt {
         &self.config.services[self.index]
     }
 
-    /// The config for a client whose ClientHello offered these suites (in its order).
-    pub fn tls_for(&self, offered: impl IntoIterator<Item = u16>) -> &Arc<rustls::ServerConfig> {
-        match &self.tls_chacha_first {
-            Some(chacha) if crate::tls::client_prefers_chacha(offered) => chacha,
-            _ => &self.tls,
+    /// The config of a terminating route for a client whose ClientHello offered these
+    /// suites (in its order); `None` for a pass-through route.
+    pub fn tls_for(
+        &self,
+        route: usize,
+        offered: impl IntoIterator<Item = u16>,
+    ) -> Option<&Arc<rustls::ServerConfig>> {
+        let r = &self.routes[route];
+        match &r.tls_chacha_first {
+            Some(chacha) if crate::tls::client_prefers_chacha(offered) => Some(chacha),
+            _ => r.tls.as_ref(),
         }
     }
 }
 
-/// Active health checks of a service's backends, from this worker, for as long as the
+/// Active health checks of one upstream's backends, from this worker, for as long as the
 /// service (this configuration of it) is in use.
-async fn health_checks(rt: std::rc::Weak<ServiceRt>, every: Duration) {
+async fn health_checks(
+    rt: std::rc::Weak<ServiceRt>,
+    route: usize,
+    upstream: usize,
+    every: Duration,
+) {
     loop {
         tokio::time::sleep(every).await;
         let Some(rt) = rt.upgrade().filter(|rt| !rt.retired.get()) else {
             return;
         };
         let svc = rt.svc();
-        for (i, addr) in svc.backend.addrs().iter().enumerate() {
+        let pool = &rt.routes[route].pools[upstream];
+        let addrs = svc.routes[route].upstreams[upstream].backend.addrs();
+        for (i, addr) in addrs.iter().enumerate() {
             let timeout = svc.tunables.connect_timeout;
             match crate::io::connect::connect(*addr, &svc.tunables, timeout).await {
                 Ok(stream) => {
                     drop(stream);
-                    if rt.pool.check_ok(i) == crate::route::pool::HealthChange::Up {
+                    if pool.check_ok(i) == crate::route::pool::HealthChange::Up {
                         info!(service = %svc.name, backend = %addr, "backend up (health check)");
                     }
                 }
                 Err(e) => {
                     let now = std::time::Instant::now();
-                    if rt.pool.failed(i, now) == crate::route::pool::HealthChange::Down {
+                    if pool.failed(i, now) == crate::route::pool::HealthChange::Down {
                         warn!(service = %svc.name, backend = %addr, error = %e, "backend down (health check)");
                     }
                 }
@@ -182,6 +238,8 @@ pub(crate) struct WorkerCtx {
     /// Signalled when drain time is up: open connections close at once.
     pub force_close: Notify,
     pub draining: Cell<bool>,
+    /// This worker's backend connections for the identity lookup (when configured).
+    pub identities: crate::route::identity::Registry,
 }
 
 /// Idle pipes a worker keeps for reuse (two per kTLS connection).
@@ -232,6 +290,7 @@ async fn worker_main(
         conn_closed: Notify::new(),
         force_close: Notify::new(),
         draining: Cell::new(false),
+        identities: Default::default(),
     });
     let mut listeners: Vec<ListenerRt> = spec
         .listeners
@@ -247,9 +306,21 @@ async fn worker_main(
         match order {
             Control::Stats => log_stats(&ctx, &listeners),
             Control::Reload(reload) => listeners = apply_reload(&ctx, listeners, reload),
+            Control::Lookup(query, reply) => {
+                let _ = reply.send(ctx.identities.answer(query));
+            }
             Control::Shutdown => break,
         }
     }
+    // Open connections still have backends that may ask who their client is.
+    let answering = ctx.clone();
+    tokio_uring::spawn(async move {
+        while let Some(order) = control.recv().await {
+            if let Control::Lookup(query, reply) = order {
+                let _ = reply.send(answering.identities.answer(query));
+            }
+        }
+    });
 
     // Stop accepting: shutting a listening socket down fails its pending accept (EINVAL) and
     // takes it out of the SO_REUSEPORT group, so new connections go nowhere rather than queue.
