@@ -5,6 +5,8 @@
 //! write timeouts, waits poll against a deadline, and the child process is killed on `Drop`.
 #![allow(dead_code)]
 
+pub mod pki;
+
 use std::ffi::OsStr;
 use std::fmt::Write as _;
 use std::io::{self, Read, Write};
