@@ -142,6 +142,9 @@ impl Service {
         sni: Option<&str>,
         alpn: impl Iterator<Item = &'a [u8]> + Clone,
     ) -> Option<usize> {
+        if self.routes.len() == usize::from(self.default_route.is_some()) {
+            return self.default_route; // no named routes: nothing to compare
+        }
         let matchers = self.routes.iter().map(|r| sni::Matcher {
             sni: &r.sni,
             alpn: &r.alpn_match,
