@@ -306,20 +306,13 @@ fn keep_random_ticket_keys(config: &mut Config, previous: &Config) {
         else {
             continue;
         };
-        // Every route of a service shares its ticketer.
-        let Some(ticketer) = old.route_tls().next().map(|t| t.config.ticketer.clone()) else {
+        let Some(ticketer) = old.ticketer.clone() else {
             continue;
         };
         for tls in svc.routes.iter_mut().filter_map(|r| r.tls.as_mut()) {
-            let mut config = (*tls.config).clone();
-            config.ticketer = ticketer.clone();
-            tls.config = Arc::new(config);
-            if let Some(chacha) = &mut tls.chacha_first {
-                let mut config = (**chacha).clone();
-                config.ticketer = ticketer.clone();
-                *chacha = Arc::new(config);
-            }
+            tls.bind_tickets(&ticketer);
         }
+        svc.ticketer = Some(ticketer);
     }
 }
 

@@ -511,3 +511,74 @@ fn a_bad_spki_pin_names_the_line_and_the_field() {
         expect_config_error(&p.env, &toml, &pin, "service[0].route[0].allow_spki");
     }
 }
+
+/// rustls does not look at client authentication when it resumes a session, so tickets are
+/// bound to the route that issued them: a ticket from a route without `client_auth` must
+/// not let a client without a certificate into a route with the same name that requires
+/// one (here the routes differ by `alpn_match`).
+#[test]
+fn a_ticket_from_an_open_route_does_not_resume_on_a_route_requiring_certificates() {
+    let p = Pki::new();
+    let (open, locked, default) = (
+        named_backend("open"),
+        named_backend("locked"),
+        named_backend("edge"),
+    );
+    let mut toml = global_toml(&[]);
+    toml += &service_toml("edge", Some(default.addr), &p.server_cert, &[]);
+    toml += &route_toml(
+        "open",
+        &["api.test"],
+        open.addr,
+        None,
+        &["alpn_match = [\"h2\"]"],
+    );
+    let ca = p.client_ca_line();
+    toml += &route_toml(
+        "locked",
+        &["api.test"],
+        locked.addr,
+        None,
+        &["client_auth = \"required\"", &ca],
+    );
+    let proxy = serve(&p.env, &toml);
+
+    // Two clients without certificates sharing one session store, one offering h2.
+    let store = std::sync::Arc::new(rustls::client::ClientSessionMemoryCache::new(16));
+    let with_alpn = |alpn: &[u8]| {
+        let mut cfg = (*p.client(None)).clone();
+        cfg.alpn_protocols = vec![alpn.to_vec()];
+        cfg.resumption = rustls::client::Resumption::store(store.clone());
+        std::sync::Arc::new(cfg)
+    };
+    let (h2, http1) = (with_alpn(b"h2"), with_alpn(b"http/1.1"));
+
+    let mut first = tls_connect_sni(proxy.addr(), &h2, "api.test").unwrap();
+    assert_eq!(backend_name(&mut first), "open");
+    assert_echo(&mut first, b"takes in the tickets\n", "first");
+    let mut again = tls_connect_sni(proxy.addr(), &h2, "api.test").unwrap();
+    assert_eq!(backend_name(&mut again), "open");
+    assert_eq!(
+        again.conn.handshake_kind(),
+        Some(rustls::HandshakeKind::Resumed),
+        "the open route's tickets resume on the open route"
+    );
+
+    let r = refusal(proxy.addr(), &http1, "api.test");
+    assert!(
+        matches!(
+            &r.result,
+            Ok(rustls::Error::AlertReceived(
+                AlertDescription::CertificateRequired
+            ))
+        ),
+        "the locked route must ask for a certificate, got {:?}",
+        r.result
+    );
+    assert_eq!(close_reason(&proxy, r.local), "client_cert_missing");
+    assert_eq!(
+        locked.connections(),
+        0,
+        "nothing reached the locked backend"
+    );
+}

@@ -25,6 +25,7 @@ use crate::route::pool::{Balance, PoolPolicy, MAX_BACKENDS};
 use crate::route::proxy_header::ProxyVersion;
 use crate::route::sni::{self, SniPattern};
 use crate::tls::client_auth::{self, Allow, ClientAuthMode, Identity};
+use crate::tls::tickets::{RouteTickets, CONTEXT_LEN};
 use crate::tls::{self, CertSource, TlsPolicy};
 
 /// A configuration error: where it is (file + line, or a flag) and what is wrong.
@@ -132,6 +133,9 @@ pub struct Service {
     /// Where the ticket keys come from; a reload keeps in-process random keys when this is
     /// unchanged, so outstanding tickets stay valid.
     pub ticket_keys: TicketKeys,
+    /// The service's ticketer (`None`: tickets off); each route uses it bound to its own
+    /// context (`tls::tickets::RouteTickets`).
+    pub ticketer: Option<Arc<dyn rustls::server::ProducesTickets>>,
 }
 
 impl Service {
@@ -205,6 +209,27 @@ pub struct RouteTls {
     /// True when no cert/key was configured and a self-signed one was generated.
     pub ephemeral_cert: bool,
     pub client_auth: ClientAuthMode,
+    /// What this route's tickets are bound to: its names and its client authentication.
+    pub ticket_context: [u8; CONTEXT_LEN],
+}
+
+impl RouteTls {
+    /// Makes the route's configs issue and accept tickets of `service_ticketer`, bound to
+    /// the route's context.
+    pub fn bind_tickets(&mut self, service_ticketer: &Arc<dyn rustls::server::ProducesTickets>) {
+        let bound: Arc<dyn rustls::server::ProducesTickets> = Arc::new(RouteTickets::new(
+            service_ticketer.clone(),
+            self.ticket_context,
+        ));
+        let mut config = (*self.config).clone();
+        config.ticketer = bound.clone();
+        self.config = Arc::new(config);
+        if let Some(chacha) = &mut self.chacha_first {
+            let mut config = (**chacha).clone();
+            config.ticketer = bound;
+            *chacha = Arc::new(config);
+        }
+    }
 }
 
 /// A backend pool of a route and, for `by_identity` entries, the clients it is for.
@@ -607,6 +632,7 @@ impl Builder<'_> {
             accept_proxy,
             session_cache_size,
             ticket_keys,
+            ticketer,
         })
     }
 
@@ -640,7 +666,7 @@ impl Builder<'_> {
         let key = key_flag
             .map(|k| (k, "--key"))
             .or(raw.key.as_ref().map(|k| (k, "key")));
-        let tls = self.route_tls(sec, raw, cert, key, ticketer)?;
+        let tls = self.route_tls(sec, raw, cert, key, ticketer, b"default")?;
         let upstreams = self.upstreams(sec, raw, backend, &raw.by_identity, &tls)?;
         Ok(Route {
             name: name.to_owned(),
@@ -746,7 +772,16 @@ impl Builder<'_> {
         }
         let cert = eff.cert.as_ref().map(|c| (c, "cert"));
         let key = eff.key.as_ref().map(|k| (k, "key"));
-        let tls = self.route_tls(sec, &eff, cert, key, ticketer)?;
+        let mut route_key = b"route".to_vec();
+        for part in sni
+            .iter()
+            .map(|p| p.to_string().into_bytes())
+            .chain(alpn_match.iter().cloned())
+        {
+            route_key.push(0);
+            route_key.extend_from_slice(&part);
+        }
+        let tls = self.route_tls(sec, &eff, cert, key, ticketer, &route_key)?;
         let upstreams = self.upstreams(sec, &eff, backend, &r.by_identity, &tls)?;
         Ok(Route {
             name,
@@ -826,6 +861,7 @@ impl Builder<'_> {
         cert: Option<(&String, &str)>,
         key: Option<(&String, &str)>,
         ticketer: Option<&Arc<dyn rustls::server::ProducesTickets>>,
+        route_key: &[u8],
     ) -> Result<RouteTls, ConfigError> {
         let located = |field: &str, msg: String| {
             if field.starts_with("--") {
@@ -855,7 +891,7 @@ impl Builder<'_> {
         };
         let policy = self.tls_policy(sec, eff)?;
         let (client_auth, verifier) = self.client_auth(sec, eff)?;
-        let mut built = tls::build_server_config(&policy, &source, verifier).map_err(|e| {
+        let built = tls::build_server_config(&policy, &source, verifier).map_err(|e| {
             let field = match e.field {
                 tls::PolicyField::Cert => cert.map_or("cert", |c| c.1),
                 tls::PolicyField::Key => key.map_or("key", |k| k.1),
@@ -866,20 +902,60 @@ impl Builder<'_> {
             };
             located(field, e.message)
         })?;
-        if let Some(t) = ticketer {
-            if let Some(c) = &mut built.chacha_first {
-                c.ticketer = t.clone();
-            }
-            built.config.ticketer = t.clone();
-        }
-        Ok(RouteTls {
+        let mut tls = RouteTls {
             config: Arc::new(built.config),
             chacha_first: built.chacha_first.map(Arc::new),
             certified: built.certified,
             cert_sha256: built.cert_sha256,
             ephemeral_cert: matches!(source, CertSource::Ephemeral),
             client_auth,
-        })
+            ticket_context: self.ticket_context(route_key, eff, client_auth),
+        };
+        if let Some(t) = ticketer {
+            tls.bind_tickets(t);
+        }
+        Ok(tls)
+    }
+
+    /// A digest of what a route's resumed sessions must not outlive: its names and ALPN
+    /// match (`route_key`) and its client authentication (mode, CA bundle, CRLs, allowlist).
+    /// Only configuration goes in, so instances with the same config agree.
+    fn ticket_context(
+        &self,
+        route_key: &[u8],
+        eff: &ServiceSection,
+        mode: ClientAuthMode,
+    ) -> [u8; CONTEXT_LEN] {
+        let mut h = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+        let mut field = |bytes: &[u8]| {
+            h.update(&(bytes.len() as u64).to_be_bytes());
+            h.update(bytes);
+        };
+        field(b"tlsfront ticket context v1");
+        field(route_key);
+        field(mode.as_str().as_bytes());
+        if mode != ClientAuthMode::None {
+            let files = eff.client_ca.iter().chain(eff.client_crl.iter().flatten());
+            for path in files {
+                field(&std::fs::read(self.relative(path)).unwrap_or_default());
+            }
+            let lists = [
+                &eff.allow_cn,
+                &eff.allow_dns,
+                &eff.allow_uri,
+                &eff.allow_spki,
+            ];
+            for (i, list) in lists.into_iter().enumerate() {
+                field(&[i as u8]);
+                for entry in list.iter().flatten() {
+                    field(entry.as_bytes());
+                }
+            }
+        }
+        let digest = h.finish();
+        let mut context = [0; CONTEXT_LEN];
+        context.copy_from_slice(&digest.as_ref()[..CONTEXT_LEN]);
+        context
     }
 
     /// `client_auth`, `client_ca`, `client_crl` and the `allow_*` lists.

@@ -317,6 +317,57 @@ impl ProducesTickets for Ticketer {
     }
 }
 
+/// Length of a route's ticket context (a truncated SHA-256).
+pub const CONTEXT_LEN: usize = 16;
+
+/// A service's ticketer as one route uses it: every ticket carries the route's context (what
+/// it serves and how it authenticates clients) inside the encryption, and a ticket with
+/// another context does not decrypt. rustls neither re-verifies the client certificate nor
+/// looks at `client_auth` when it resumes, so without this a ticket from a route without
+/// client authentication (or from before a reload that tightened it) could resume on a route
+/// that requires a certificate. The context is derived from the configuration only, so a
+/// fleet with the same config and ticket keys still resumes across instances.
+#[derive(Debug)]
+pub struct RouteTickets {
+    inner: Arc<dyn ProducesTickets>,
+    context: [u8; CONTEXT_LEN],
+}
+
+impl RouteTickets {
+    pub fn new(inner: Arc<dyn ProducesTickets>, context: [u8; CONTEXT_LEN]) -> RouteTickets {
+        RouteTickets { inner, context }
+    }
+}
+
+impl ProducesTickets for RouteTickets {
+    fn enabled(&self) -> bool {
+        self.inner.enabled()
+    }
+
+    fn lifetime(&self) -> u32 {
+        self.inner.lifetime()
+    }
+
+    fn encrypt(&self, plain: &[u8]) -> Option<Vec<u8>> {
+        let mut bound = Vec::with_capacity(CONTEXT_LEN + plain.len());
+        bound.extend_from_slice(&self.context);
+        bound.extend_from_slice(plain);
+        let ticket = self.inner.encrypt(&bound);
+        bound.zeroize();
+        ticket
+    }
+
+    fn decrypt(&self, ticket: &[u8]) -> Option<Vec<u8>> {
+        let mut plain = self.inner.decrypt(ticket)?;
+        if plain.get(..CONTEXT_LEN) != Some(&self.context[..]) {
+            plain.zeroize();
+            return None;
+        }
+        plain.drain(..CONTEXT_LEN);
+        Some(plain)
+    }
+}
+
 /// Reads a keys file: one base64 entry of 48 bytes (16-byte name, 32-byte AES-256 key) per
 /// line, newest first; `#` comments and blank lines ignored. Errors name the line.
 pub fn parse_keys_file(path: &Path) -> Result<Vec<Arc<TicketKey>>, String> {
@@ -418,6 +469,34 @@ mod tests {
             .decrypt(&oldest)
             .is_none());
         assert_eq!(thread_decrypt_failures().0, unknown0 + 1);
+    }
+
+    #[test]
+    fn a_route_only_resumes_its_own_tickets() {
+        let service: Arc<dyn ProducesTickets> = Arc::new(
+            Ticketer::new(
+                KeySource::Random {
+                    rotation: Duration::from_secs(3600),
+                },
+                Duration::from_secs(60),
+            )
+            .unwrap(),
+        );
+        let a = RouteTickets::new(service.clone(), [1; CONTEXT_LEN]);
+        let a_again = RouteTickets::new(service.clone(), [1; CONTEXT_LEN]);
+        let b = RouteTickets::new(service.clone(), [2; CONTEXT_LEN]);
+        let ticket = a.encrypt(b"session state").unwrap();
+        assert_eq!(
+            a_again.decrypt(&ticket).as_deref(),
+            Some(&b"session state"[..])
+        );
+        assert_eq!(b.decrypt(&ticket), None, "another route's context");
+        assert_eq!(
+            service.decrypt(&ticket).map(|p| p.len()),
+            Some(CONTEXT_LEN + 13)
+        );
+        assert_eq!(b.decrypt(&service.encrypt(b"").unwrap()), None, "too short");
+        assert_eq!(a.lifetime(), 60);
     }
 
     #[test]
