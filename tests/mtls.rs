@@ -544,9 +544,12 @@ fn a_ticket_from_an_open_route_does_not_resume_on_a_route_requiring_certificates
     let proxy = serve(&p.env, &toml);
 
     // Two clients without certificates sharing one session store, one offering h2.
+    // (rustls clients only offer a session to a config with the same verifier and client
+    // certificate resolver: both come from one base config.)
     let store = std::sync::Arc::new(rustls::client::ClientSessionMemoryCache::new(16));
+    let base = p.client(None);
     let with_alpn = |alpn: &[u8]| {
-        let mut cfg = (*p.client(None)).clone();
+        let mut cfg = (*base).clone();
         cfg.alpn_protocols = vec![alpn.to_vec()];
         cfg.resumption = rustls::client::Resumption::store(store.clone());
         std::sync::Arc::new(cfg)
