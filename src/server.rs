@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
 use crate::config::{self, Backend, Config, Overrides, Service, TicketKeys};
+use crate::route::identity;
 use crate::worker::{self, Control, ListenerChange, Reload, WorkerListener, WorkerSpec};
 
 #[derive(Debug, thiserror::Error)]
@@ -47,23 +48,25 @@ pub enum ServerError {
 /// and registered the connection: a miss is asked again a few times, 20 ms apart.
 fn ask_workers(
     controls: &[mpsc::UnboundedSender<Control>],
-    query: crate::route::identity::Query,
-) -> Option<String> {
+    query: identity::Query,
+) -> Result<String, String> {
+    let mut result = Err(String::new());
     for attempt in 0..4 {
         if attempt > 0 {
             thread::sleep(std::time::Duration::from_millis(20));
         }
-        if let Some(answer) = ask_workers_once(controls, query) {
-            return Some(answer);
+        result = identity::combine(query, ask_workers_once(controls, query));
+        if result.is_ok() {
+            break;
         }
     }
-    None
+    result
 }
 
 fn ask_workers_once(
     controls: &[mpsc::UnboundedSender<Control>],
-    query: crate::route::identity::Query,
-) -> Option<String> {
+    query: identity::Query,
+) -> Vec<identity::Answer> {
     let (tx, rx) = std::sync::mpsc::channel();
     let asked = controls
         .iter()
@@ -71,15 +74,25 @@ fn ask_workers_once(
         .count();
     drop(tx);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    let mut answers = Vec::with_capacity(asked);
     for _ in 0..asked {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         match rx.recv_timeout(left) {
-            Ok(Some(answer)) => return Some(answer),
-            Ok(None) => {}
+            Ok(answer) => answers.push(answer),
             Err(_) => break,
         }
     }
-    None
+    answers
+}
+
+/// The identity socket's file, removed when the process is done with it (also when
+/// start-up fails after it was bound).
+struct SocketFile(PathBuf);
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 /// Tells the main thread, from a worker thread's drop (normal end or panic), that it ended.
@@ -243,6 +256,12 @@ fn plan_reload(
         );
         config.global.workers = workers;
     }
+    let socket = |g: &config::Global| (g.identity_socket.clone(), g.identity_socket_mode);
+    if socket(&config.global) != socket(&previous.global) {
+        warn!("reload: identity_socket changes need a restart; keeping the current socket");
+        config.global.identity_socket = previous.global.identity_socket.clone();
+        config.global.identity_socket_mode = previous.global.identity_socket_mode;
+    }
     prepare(&mut config, echo).map_err(|e| e.to_string())?;
     let mut per_worker: Vec<Vec<ListenerChange>> = (0..workers).map(|_| Vec::new()).collect();
     let mut bindings = Vec::with_capacity(config.services.len());
@@ -321,14 +340,16 @@ fn keep_random_ticket_keys(config: &mut Config, previous: &Config) {
 pub fn run(mut config: Config, source: ReloadSource) -> Result<(), ServerError> {
     let mut echo = None;
     prepare(&mut config, &mut echo)?;
-    let identity_socket = config.global.identity_socket.clone();
-    let identity_listener = match &identity_socket {
-        Some(path) => Some(crate::route::identity::bind(path).map_err(|source| {
-            ServerError::IdentitySocket {
-                path: path.clone(),
-                source,
-            }
-        })?),
+    let identity_listener = match &config.global.identity_socket {
+        Some(path) => {
+            let mode = config.global.identity_socket_mode;
+            let listener =
+                identity::bind(path, mode).map_err(|source| ServerError::IdentitySocket {
+                    path: path.clone(),
+                    source,
+                })?;
+            Some((listener, SocketFile(path.clone())))
+        }
         None => None,
     };
     let (listeners, mut bindings) = bind_all(&config)?;
@@ -388,12 +409,19 @@ pub fn run(mut config: Config, source: ReloadSource) -> Result<(), ServerError> 
         stop_workers(&controls, threads);
         return Err(ServerError::WorkerDied(ready));
     }
-    if let (Some(listener), Some(path)) = (identity_listener, &identity_socket) {
-        let senders = controls.clone();
-        crate::route::identity::spawn_server(listener, move |q| ask_workers(&senders, q))
-            .map_err(ServerError::Spawn)?;
-        info!("identity lookup listening path={}", path.display());
-    }
+    // The socket file goes when this function returns, however it returns.
+    let _identity_file = match identity_listener {
+        Some((listener, file)) => {
+            let senders = controls.clone();
+            if let Err(e) = identity::spawn_server(listener, move |q| ask_workers(&senders, q)) {
+                stop_workers(&controls, threads);
+                return Err(ServerError::Spawn(e));
+            }
+            info!("identity lookup listening path={}", file.0.display());
+            Some(file)
+        }
+        None => None,
+    };
     info!("ready workers={ready}");
 
     let workers = controls.len();
@@ -433,9 +461,6 @@ pub fn run(mut config: Config, source: ReloadSource) -> Result<(), ServerError> 
         Some(id) => error!("worker {id} stopped unexpectedly: shutting down the others"),
     }
     stop_workers(&controls, threads);
-    if let Some(path) = &identity_socket {
-        let _ = std::fs::remove_file(path);
-    }
     if let Some(id) = died {
         return Err(ServerError::WorkerDied(id));
     }

@@ -283,6 +283,13 @@ fn the_identity_socket_answers_unknown_ports_with_an_error() {
     let unused = closed_port_addr().port();
     let got = query(&s.socket, &[unused.to_string()]).remove(0);
     assert_error(&got, unused, "a port nobody uses");
+    // Only the owner and the group may ask (identity_socket_mode's default).
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&s.socket).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o660);
+    let bad = query(&s.socket, &["12ab".to_string(), "1,2,3".to_string()]);
+    assert!(bad.iter().all(|b| b["error"].is_string()), "{bad:?}");
 }
 
 // ---------------------------------------------------------------------------------------------

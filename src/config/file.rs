@@ -26,6 +26,7 @@ pub struct GlobalSection {
     pub drain_timeout: Option<DurationValue>,
     pub log_level: Option<String>,
     pub identity_socket: Option<String>,
+    pub identity_socket_mode: Option<String>,
 }
 
 /// `workers = N | "auto"`.

@@ -89,6 +89,8 @@ pub struct Global {
     pub log_level: Option<String>,
     /// Where backends ask who the client behind a connection is (see `route::identity`).
     pub identity_socket: Option<PathBuf>,
+    /// The socket file's permission bits: who may ask.
+    pub identity_socket_mode: u32,
 }
 
 /// Where a service sends decrypted traffic.
@@ -330,6 +332,8 @@ pub const MAX_BUFFER: usize = 16 << 20;
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
 pub const DEFAULT_DRAIN: Duration = Duration::from_secs(30);
 pub const DEFAULT_SESSION_CACHE: usize = 1024;
+/// Owner and group may ask the identity socket; others may not.
+pub const DEFAULT_IDENTITY_SOCKET_MODE: u32 = 0o660;
 pub const DEFAULT_TICKET_LIFETIME: Duration = Duration::from_secs(6 * 3600);
 pub const DEFAULT_TICKET_ROTATION: Duration = Duration::from_secs(12 * 3600);
 pub const MAX_TICKET_LIFETIME: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -545,7 +549,25 @@ impl Builder<'_> {
             worker_cpus,
             drain_timeout: g.drain_timeout.map_or(DEFAULT_DRAIN, |d| d.0),
             log_level: g.log_level.clone(),
-            identity_socket: g.identity_socket.as_deref().map(|p| self.relative(p)),
+            identity_socket: match g.identity_socket.as_deref() {
+                Some("") => {
+                    return Err(self.err(Section::Global, "identity_socket", "must be a path"))
+                }
+                other => other.map(|p| self.relative(p)),
+            },
+            identity_socket_mode: match g.identity_socket_mode.as_deref() {
+                None => DEFAULT_IDENTITY_SOCKET_MODE,
+                Some(text) => u32::from_str_radix(text.trim_start_matches("0o"), 8)
+                    .ok()
+                    .filter(|m| *m <= 0o777)
+                    .ok_or_else(|| {
+                        self.err(
+                            Section::Global,
+                            "identity_socket_mode",
+                            format!("must be octal permission bits such as \"0660\", got {text:?}"),
+                        )
+                    })?,
+            },
         })
     }
 
@@ -1371,7 +1393,14 @@ fn overlay(service: &ServiceSection, r: &RouteSection) -> ServiceSection {
         || r.allow_dns.is_some()
         || r.allow_uri.is_some()
         || r.allow_spki.is_some();
-    let allow_from = if own_allow {
+    // A route that turns client authentication off inherits none of its settings.
+    let auth_off = r.client_auth.as_deref() == Some("none");
+    let auth_from = if auth_off {
+        &ServiceSection::default()
+    } else {
+        s
+    };
+    let allow_from = if own_allow || auth_off {
         (&r.allow_cn, &r.allow_dns, &r.allow_uri, &r.allow_spki)
     } else {
         (&s.allow_cn, &s.allow_dns, &s.allow_uri, &s.allow_spki)
@@ -1401,8 +1430,8 @@ fn overlay(service: &ServiceSection, r: &RouteSection) -> ServiceSection {
         groups: pick(&r.groups, &s.groups),
         alpn: pick(&r.alpn, &s.alpn),
         client_auth: pick(&r.client_auth, &s.client_auth),
-        client_ca: pick(&r.client_ca, &s.client_ca),
-        client_crl: pick(&r.client_crl, &s.client_crl),
+        client_ca: pick(&r.client_ca, &auth_from.client_ca),
+        client_crl: pick(&r.client_crl, &auth_from.client_crl),
         allow_cn: allow_from.0.clone(),
         allow_dns: allow_from.1.clone(),
         allow_uri: allow_from.2.clone(),
@@ -1613,5 +1642,37 @@ mod tests {
         assert_eq!(svc.route_for(Some("p.test"), none.clone()), Some(1));
         assert_eq!(svc.route_for(Some("other"), none.clone()), Some(2));
         assert_eq!(svc.route_for(None, none), Some(2));
+    }
+
+    #[test]
+    fn a_route_can_turn_client_authentication_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = rcgen::generate_simple_self_signed(vec!["ca".into()]).unwrap();
+        write(dir.path(), "ca.pem", &ca.cert.pem());
+        let file = write(
+            dir.path(),
+            "t.toml",
+            "[[service]]\nlisten = \"127.0.0.1:1\"\nbackend = \"127.0.0.1:2\"\nclient_auth = \"required\"\nclient_ca = \"ca.pem\"\nallow_cn = [\"x\"]\n[[service.route]]\nsni = \"open.test\"\nbackend = \"127.0.0.1:3\"\nclient_auth = \"none\"\n[[service.route]]\nsni = \"inherits.test\"\nbackend = \"127.0.0.1:4\"\n",
+        );
+        let cfg = load(Some(&file), &Overrides::default()).unwrap();
+        let modes: Vec<ClientAuthMode> = cfg.services[0]
+            .routes
+            .iter()
+            .map(|r| r.tls.as_ref().unwrap().client_auth)
+            .collect();
+        assert_eq!(
+            modes,
+            [
+                ClientAuthMode::None,
+                ClientAuthMode::Required,
+                ClientAuthMode::Required
+            ]
+        );
+        let contexts: Vec<_> = cfg.services[0]
+            .routes
+            .iter()
+            .map(|r| r.tls.as_ref().unwrap().ticket_context)
+            .collect();
+        assert!(contexts[0] != contexts[1] && contexts[1] != contexts[2]);
     }
 }

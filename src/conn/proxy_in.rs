@@ -131,6 +131,7 @@ mod tests {
                 tls: None,
             },
         )
+        .unwrap()
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! v1 is the text line (`PROXY TCP4 src dst sport dport\r\n`). v2 is binary and carries
 //! TLVs: ALPN (0x01) and authority (0x02, the SNI) when the client sent them, and SSL (0x20)
 //! with the client flags (PP2_CLIENT_SSL, plus PP2_CLIENT_CERT_CONN when the client
-//! presented a certificate), the verify result (0: a client certificate was presented and
+//! presented a certificate, PP2_CLIENT_CERT_SESS when its session had one), the verify result (0: a client certificate was presented and
 //! verified; 1 otherwise) and the sub-TLVs version (0x21, e.g. `TLSv1.3`), CN (0x22, the
 //! client certificate's subject CN) and cipher (0x23, the IANA name with TLS 1.3's `TLS13_`
 //! shortened to `TLS_`, as OpenSSL says it). tlsfront's own TLVs, in the range the
@@ -60,10 +60,13 @@ pub struct TlsSummary<'a> {
     pub cipher: &'a str,
     /// The verified client certificate, if the client presented one.
     pub client_cert: Option<&'a Identity>,
+    /// The session was resumed (a client certificate came with it, not on this connection).
+    pub resumed: bool,
 }
 
 const PP2_CLIENT_SSL: u8 = 0x01;
 const PP2_CLIENT_CERT_CONN: u8 = 0x02;
+const PP2_CLIENT_CERT_SESS: u8 = 0x04;
 /// `verify` when no client certificate was presented and verified.
 const NOT_VERIFIED: u32 = 1;
 /// tlsfront's TLVs (0xE0..=0xEF is PP2_TYPE_MIN_CUSTOM..=PP2_TYPE_MAX_CUSTOM).
@@ -83,8 +86,10 @@ fn same_family(a: SocketAddr, b: SocketAddr) -> (SocketAddr, SocketAddr) {
     }
 }
 
-/// The header bytes for `info`.
-pub fn encode(version: ProxyVersion, info: &ConnInfo<'_>) -> Vec<u8> {
+/// The header bytes for `info`; `None` when a value does not fit its TLV (64 KiB). The
+/// caller must then not relay at all: a backend that got no header would read the client's
+/// own bytes as one.
+pub fn encode(version: ProxyVersion, info: &ConnInfo<'_>) -> Option<Vec<u8>> {
     let (src, dst) = same_family(info.client, info.local);
     match version {
         ProxyVersion::V1 => {
@@ -99,11 +104,10 @@ pub fn encode(version: ProxyVersion, info: &ConnInfo<'_>) -> Vec<u8> {
                     dst.port(),
                 ),
             };
-            addresses.to_string().into_bytes()
+            Some(addresses.to_string().into_bytes())
         }
-        ProxyVersion::V2 => encode_v2(src, dst, info)
-            // Writing into a Vec cannot fail, and every TLV here is far below 64 KiB.
-            .unwrap_or_default(),
+        // Writing into a Vec fails only when a length does not fit 16 bits.
+        ProxyVersion::V2 => encode_v2(src, dst, info).ok(),
     }
 }
 
@@ -126,7 +130,7 @@ fn encode_v2(src: SocketAddr, dst: SocketAddr, info: &ConnInfo<'_>) -> std::io::
     let Some(tls) = &info.tls else {
         return header.build();
     };
-    header = header.write_tlv(Type::SSL, &ssl_tlv(tls))?;
+    header = header.write_tlv(Type::SSL, &ssl_tlv(tls)?)?;
     if let Some(cert) = tls.client_cert {
         if let Some(uri) = cert.uri.first() {
             header = header.write_tlv(PP2_TYPE_TLSFRONT_URI_SAN, uri.as_bytes())?;
@@ -137,15 +141,21 @@ fn encode_v2(src: SocketAddr, dst: SocketAddr, info: &ConnInfo<'_>) -> std::io::
 }
 
 /// The SSL TLV's value: client flags, verify, then its sub-TLVs.
-fn ssl_tlv(tls: &TlsSummary<'_>) -> Vec<u8> {
+fn ssl_tlv(tls: &TlsSummary<'_>) -> std::io::Result<Vec<u8>> {
     let version = tls.version.replace('_', ".");
     let cipher = match tls.cipher.strip_prefix("TLS13_") {
         Some(rest) => format!("TLS_{rest}"),
         None => tls.cipher.to_string(),
     };
     let cn = tls.client_cert.and_then(|c| c.cn.as_deref());
+    // A certificate restored with a resumed session was presented on the session, not on
+    // this connection.
     let (client, verify) = match tls.client_cert {
-        Some(_) => (PP2_CLIENT_SSL | PP2_CLIENT_CERT_CONN, 0),
+        Some(_) if tls.resumed => (PP2_CLIENT_SSL | PP2_CLIENT_CERT_SESS, 0),
+        Some(_) => (
+            PP2_CLIENT_SSL | PP2_CLIENT_CERT_CONN | PP2_CLIENT_CERT_SESS,
+            0,
+        ),
         None => (PP2_CLIENT_SSL, NOT_VERIFIED),
     };
     let mut v = Vec::with_capacity(5 + 9 + version.len() + cipher.len() + cn.map_or(0, str::len));
@@ -158,11 +168,13 @@ fn ssl_tlv(tls: &TlsSummary<'_>) -> Vec<u8> {
         Some((Type::SSLCipher as u8, cipher.as_bytes())),
     ];
     for (kind, value) in subs.into_iter().flatten() {
+        let len = u16::try_from(value.len())
+            .map_err(|_| std::io::Error::other("sub-TLV value longer than 64 KiB"))?;
         v.push(kind);
-        v.extend_from_slice(&(value.len() as u16).to_be_bytes());
+        v.extend_from_slice(&len.to_be_bytes());
         v.extend_from_slice(value);
     }
-    v
+    Ok(v)
 }
 
 #[cfg(test)]
@@ -179,27 +191,28 @@ mod tests {
                 version: "TLSv1_3",
                 cipher: "TLS13_AES_128_GCM_SHA256",
                 client_cert: None,
+                resumed: false,
             }),
         }
     }
 
     #[test]
     fn v1_is_the_text_line() {
-        let h = encode(ProxyVersion::V1, &info("192.0.2.7:40000", "10.0.0.1:443"));
+        let h = encode(ProxyVersion::V1, &info("192.0.2.7:40000", "10.0.0.1:443")).unwrap();
         assert_eq!(h, b"PROXY TCP4 192.0.2.7 10.0.0.1 40000 443\r\n");
-        let h = encode(ProxyVersion::V1, &info("[2001:db8::7]:40000", "[::1]:443"));
+        let h = encode(ProxyVersion::V1, &info("[2001:db8::7]:40000", "[::1]:443")).unwrap();
         assert_eq!(h, b"PROXY TCP6 2001:db8::7 ::1 40000 443\r\n");
     }
 
     #[test]
     fn mixed_families_are_sent_as_mapped_ipv6() {
-        let h = encode(ProxyVersion::V1, &info("192.0.2.7:40000", "[::]:443"));
+        let h = encode(ProxyVersion::V1, &info("192.0.2.7:40000", "[::]:443")).unwrap();
         assert_eq!(h, b"PROXY TCP6 ::ffff:192.0.2.7 :: 40000 443\r\n");
     }
 
     #[test]
     fn v2_parses_back_with_its_tlvs() {
-        let h = encode(ProxyVersion::V2, &info("192.0.2.7:40000", "10.0.0.1:443"));
+        let h = encode(ProxyVersion::V2, &info("192.0.2.7:40000", "10.0.0.1:443")).unwrap();
         let parsed = ppp::v2::Header::try_from(h.as_slice()).unwrap();
         assert_eq!(
             parsed.addresses,
@@ -225,5 +238,41 @@ mod tests {
             &ssl[5..],
             b"\x21\x00\x07TLSv1.3\x23\x00\x16TLS_AES_128_GCM_SHA256"
         );
+    }
+
+    #[test]
+    fn client_certificates_set_the_flags_and_oversized_values_fail_closed() {
+        let id = Identity {
+            cn: Some("billing".into()),
+            dns: Vec::new(),
+            uri: vec!["spiffe://corp/billing".into()],
+            sha256: [7; 32],
+            spki_sha256: [8; 32],
+        };
+        let mut conn = info("192.0.2.7:40000", "10.0.0.1:443");
+        let tls = conn.tls.as_mut().unwrap();
+        tls.client_cert = Some(&id);
+        let client_byte = |conn: &ConnInfo<'_>| {
+            let h = encode(ProxyVersion::V2, conn).unwrap();
+            let parsed = ppp::v2::Header::try_from(h.as_slice()).unwrap();
+            let ssl = parsed
+                .tlvs()
+                .map(|t| t.unwrap())
+                .find(|t| t.kind == 0x20)
+                .unwrap();
+            (
+                ssl.value[0],
+                u32::from_be_bytes(ssl.value[1..5].try_into().unwrap()),
+            )
+        };
+        assert_eq!(client_byte(&conn), (0x07, 0));
+        conn.tls.as_mut().unwrap().resumed = true;
+        assert_eq!(client_byte(&conn), (0x05, 0));
+        let long = Identity {
+            cn: Some("x".repeat(70_000)),
+            ..id.clone()
+        };
+        conn.tls.as_mut().unwrap().client_cert = Some(&long);
+        assert_eq!(encode(ProxyVersion::V2, &conn), None);
     }
 }

@@ -231,15 +231,17 @@ async fn run(
     } else {
         obs::inc(&svc_stats.handshakes_full);
     }
-    let identity = tls
-        .client_certificate()
-        .and_then(|der| match Identity::from_der(der) {
-            Ok(id) => Some(id),
-            Err(e) => {
-                debug!(error = %e, "cannot read the client certificate's names");
-                None
-            }
-        });
+    // A verified certificate whose names cannot be read is refused rather than treated as
+    // none: its holder would otherwise reach backends as an anonymous client.
+    let identity = match tls.client_certificate().map(Identity::from_der) {
+        None => None,
+        Some(Ok(id)) => Some(id),
+        Some(Err(e)) => {
+            warn!(worker = ctx.id, service = %svc.name, %peer, error = %e, "cannot read the client certificate's names: refused");
+            obs::inc(&ctx.stats.client_cert_rejected);
+            return CloseReason::ClientCertInvalid;
+        }
+    };
     let route_cfg = &svc.routes[route];
     debug!(
         worker = ctx.id, service = %svc.name, route = %route_cfg.name, %peer, version = info.version,
@@ -288,6 +290,7 @@ async fn run(
         version: info.version,
         cipher: info.suite,
         client_cert: identity.as_ref(),
+        resumed: info.resumed,
     };
     let conn = ConnInfo {
         client: peer,
@@ -459,7 +462,11 @@ async fn send_proxy_header(
     let Some(version) = route.proxy_protocol else {
         return Ok(());
     };
-    let (res, _) = backend.write_all(proxy_header::encode(version, conn)).await;
+    let Some(header) = proxy_header::encode(version, conn) else {
+        warn!(worker = ctx.id, service = %svc.name, peer = %conn.client, "the PROXY header cannot carry this client's values (over 64 KiB): connection refused");
+        return Err(CloseReason::BackendIoError);
+    };
+    let (res, _) = backend.write_all(header).await;
     res.map_err(|e| {
         warn!(worker = ctx.id, service = %svc.name, peer = %conn.client, error = %e, "writing the PROXY header to the backend failed");
         CloseReason::BackendIoError

@@ -27,11 +27,11 @@ pub enum Control {
     Stats,
     /// Serve new connections with a new configuration (SIGHUP); open ones keep theirs.
     Reload(Reload),
-    /// The identity lookup asks about a backend connection; the reply is the record's JSON
-    /// if this worker has it.
+    /// The identity lookup asks about a backend connection; the reply is what this worker
+    /// knows of it.
     Lookup(
         crate::route::identity::Query,
-        std::sync::mpsc::Sender<Option<String>>,
+        std::sync::mpsc::Sender<crate::route::identity::Answer>,
     ),
     /// Stop accepting, drain open connections up to `drain_timeout`, then exit.
     Shutdown,
