@@ -19,19 +19,6 @@ fn run(mode: &str, config: &Path) -> RunOutput {
     )
 }
 
-/// All numbers N appearing as `line N` in `text`.
-fn line_numbers(text: &str) -> Vec<usize> {
-    text.match_indices("line ")
-        .filter_map(|(i, m)| {
-            let digits: String = text[i + m.len()..]
-                .chars()
-                .take_while(|c| c.is_ascii_digit())
-                .collect();
-            digits.parse().ok()
-        })
-        .collect()
-}
-
 fn assert_config_error(
     mode: &str,
     out: &RunOutput,

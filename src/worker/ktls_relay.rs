@@ -154,14 +154,7 @@ pub(super) async fn splice_relay<Data>(
     let Some(version) = TlsVersion::from_rustls(kernel.protocol_version()) else {
         return CloseReason::KtlsInstallFailed;
     };
-    let fds = (|| -> io::Result<_> {
-        let c = sockopt::dup_fd(tls_sock)?;
-        let b = sockopt::dup_fd(plain_sock)?;
-        SockRef::from(&c).set_nonblocking(true)?;
-        SockRef::from(&b).set_nonblocking(true)?;
-        Ok((Rc::new(c), Rc::new(b)))
-    })();
-    let (client_fd, backend_fd) = match fds {
+    let (client_fd, backend_fd) = match splice_fds(tls_sock, plain_sock) {
         Ok(f) => f,
         Err(e) => {
             debug!(error = %e, "cannot prepare sockets for splicing");
@@ -435,4 +428,14 @@ pub(super) async fn drain_pipe(pipe: &Pipe, to: &Rc<OwnedFd>, mut n: usize) -> i
         }
     }
     Ok(())
+}
+
+/// Non-blocking duplicates of two sockets for the splice ops, which keep their fds alive
+/// until they complete (see `io::splice`).
+pub(super) fn splice_fds(a: &TcpStream, b: &TcpStream) -> io::Result<(Rc<OwnedFd>, Rc<OwnedFd>)> {
+    let a = sockopt::dup_fd(a)?;
+    let b = sockopt::dup_fd(b)?;
+    SockRef::from(&a).set_nonblocking(true)?;
+    SockRef::from(&b).set_nonblocking(true)?;
+    Ok((Rc::new(a), Rc::new(b)))
 }

@@ -13,12 +13,12 @@ use tokio_uring::net::TcpStream;
 use tracing::debug;
 
 use super::connection::{supervise, Tally};
-use super::ktls_relay::drain_pipe;
+use super::ktls_relay::{drain_pipe, splice_fds};
 use super::WorkerCtx;
 use crate::conn::close::CloseReason;
 use crate::io::pipe::Pipe;
 use crate::io::poll::{self, Interest};
-use crate::io::{sockopt, splice};
+use crate::io::splice;
 
 /// Relays until both directions have ended (or an error, `idle`, or the drain deadline).
 pub(super) async fn relay(
@@ -28,14 +28,7 @@ pub(super) async fn relay(
     backend: &TcpStream,
     tally: &Tally,
 ) -> CloseReason {
-    let fds = (|| -> std::io::Result<_> {
-        let c = sockopt::dup_fd(client)?;
-        let b = sockopt::dup_fd(backend)?;
-        SockRef::from(&c).set_nonblocking(true)?;
-        SockRef::from(&b).set_nonblocking(true)?;
-        Ok((Rc::new(c), Rc::new(b)))
-    })();
-    let (client_fd, backend_fd) = match fds {
+    let (client_fd, backend_fd) = match splice_fds(client, backend) {
         Ok(f) => f,
         Err(e) => {
             debug!(error = %e, "cannot prepare sockets for splicing");

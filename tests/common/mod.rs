@@ -228,6 +228,19 @@ pub fn toml_path(p: &Path) -> String {
     toml_str(p.to_str().expect("utf-8 path"))
 }
 
+/// All numbers N appearing as `line N` in `text`.
+pub fn line_numbers(text: &str) -> Vec<usize> {
+    text.match_indices("line ")
+        .filter_map(|(i, m)| {
+            let digits: String = text[i + m.len()..]
+                .chars()
+                .take_while(|c| c.is_ascii_digit())
+                .collect();
+            digits.parse().ok()
+        })
+        .collect()
+}
+
 /// 1-based number of the first line of `text` containing `needle`.
 pub fn line_of(text: &str, needle: &str) -> usize {
     text.lines()

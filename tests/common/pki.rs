@@ -603,19 +603,6 @@ pub fn backend_toml(addr: SocketAddr) -> String {
     format!("backend = \"{addr}\"")
 }
 
-/// All numbers N appearing as `line N` in `text`.
-fn line_numbers(text: &str) -> Vec<usize> {
-    text.match_indices("line ")
-        .filter_map(|(i, m)| {
-            let digits: String = text[i + m.len()..]
-                .chars()
-                .take_while(|c| c.is_ascii_digit())
-                .collect();
-            digits.parse().ok()
-        })
-        .collect()
-}
-
 /// Writes `toml`; both `tlsfront check` and `tlsfront serve` must exit 2 with an error naming
 /// the file, `line N` for the first line containing `at`, and `field` (a dotted path such as
 /// `service[0].route[1].sni`).
