@@ -46,16 +46,46 @@ fn passthrough(name: &str, sni: &[&str], backend: SocketAddr, extra: &[&str]) ->
     route_toml(name, sni, backend, None, &lines)
 }
 
+/// tlsfront with a default route (backend "default") and one pass-through route `pt.test`
+/// to a TLS backend "pt" with its own certificate; `service_extra` goes into the service.
+struct PtEdge {
+    proxy: Proxy,
+    pt_cert: Issued,
+    pt: Backend,
+    default: Backend,
+}
+
+impl Setup {
+    fn pt_edge(&self, service_extra: &[&str]) -> PtEdge {
+        let pt_cert = self.be.server("pt", &["pt.test"]);
+        let pt = tls_backend("pt", &pt_cert, TlsBackendOpts::default());
+        let default = named_backend("default");
+        let mut toml = global_toml(&[]);
+        toml += &service_toml(
+            "edge",
+            Some(default.addr),
+            &self.default_cert,
+            service_extra,
+        );
+        toml += &passthrough("pt", &["pt.test"], pt.addr, &[]);
+        PtEdge {
+            proxy: serve(&self.env, &toml),
+            pt_cert,
+            pt,
+            default,
+        }
+    }
+}
+
 #[test]
 fn passthrough_relays_the_backends_own_tls_byte_exact_both_ways() {
     let s = Setup::new();
-    let pt_cert = s.be.server("pt", &["pt.test"]);
-    let pt = tls_backend("pt", &pt_cert, TlsBackendOpts::default());
-    let default = named_backend("default");
-    let mut toml = global_toml(&[]);
-    toml += &service_toml("edge", Some(default.addr), &s.default_cert, &[]);
-    toml += &passthrough("pt", &["pt.test"], pt.addr, &[]);
-    let proxy = serve(&s.env, &toml);
+    let PtEdge {
+        proxy,
+        pt_cert,
+        pt,
+        default,
+    } = s.pt_edge(&[]);
 
     // Trusting only the backend's CA: a terminating proxy could not pass this handshake.
     let client = s.be.tls_client(None);
@@ -133,18 +163,12 @@ fn refused_quickly(addr: SocketAddr, bytes: &[u8], what: &str) -> SocketAddr {
 #[test]
 fn an_oversized_or_garbage_client_hello_is_refused_while_others_are_served() {
     let s = Setup::new();
-    let pt_cert = s.be.server("pt", &["pt.test"]);
-    let pt = tls_backend("pt", &pt_cert, TlsBackendOpts::default());
-    let default = named_backend("default");
-    let mut toml = global_toml(&[]);
-    toml += &service_toml(
-        "edge",
-        Some(default.addr),
-        &s.default_cert,
-        &[r#"handshake_timeout = "10s""#],
-    );
-    toml += &passthrough("pt", &["pt.test"], pt.addr, &[]);
-    let proxy = serve(&s.env, &toml);
+    let PtEdge {
+        proxy,
+        pt_cert,
+        pt,
+        default,
+    } = s.pt_edge(&[r#"handshake_timeout = "10s""#]);
     let addr = proxy.addr();
     let client = s.be.tls_client(None);
 
@@ -188,18 +212,12 @@ fn an_oversized_or_garbage_client_hello_is_refused_while_others_are_served() {
 #[test]
 fn a_truncated_client_hello_is_closed_at_handshake_timeout_while_others_proceed() {
     let s = Setup::new();
-    let pt_cert = s.be.server("pt", &["pt.test"]);
-    let pt = tls_backend("pt", &pt_cert, TlsBackendOpts::default());
-    let default = named_backend("default");
-    let mut toml = global_toml(&[]);
-    toml += &service_toml(
-        "edge",
-        Some(default.addr),
-        &s.default_cert,
-        &[r#"handshake_timeout = "1s""#],
-    );
-    toml += &passthrough("pt", &["pt.test"], pt.addr, &[]);
-    let proxy = serve(&s.env, &toml);
+    let PtEdge {
+        proxy,
+        pt_cert,
+        pt,
+        default,
+    } = s.pt_edge(&[r#"handshake_timeout = "1s""#]);
     let addr = proxy.addr();
     let client = s.be.tls_client(None);
     let hello = client_hello_bytes(&client, "pt.test");

@@ -225,46 +225,60 @@ fn unknown_or_missing_sni_is_refused_with_unrecognized_name_when_rejecting() {
     assert_eq!(known.connections(), 1);
 }
 
-#[test]
-fn tls_policy_is_per_route_and_inherited_from_the_service_otherwise() {
+/// A service with `min_version = service_min` and backend "default"; a route `route` with
+/// `min_version = route_min`; a route "inherits" that sets none. All three names share one
+/// certificate. Returns the proxy, a TLS 1.2-only client, and the backends.
+struct Floors {
+    _env: TestEnv,
+    proxy: Proxy,
+    tls12: std::sync::Arc<rustls::ClientConfig>,
+    tls13: std::sync::Arc<rustls::ClientConfig>,
+    default: Backend,
+    route: Backend,
+    inherits: Backend,
+}
+
+fn floors(service_min: &str, route: &str, route_min: &str) -> Floors {
     let env = TestEnv::new();
     let ca = Ca::new(&env, "srv");
-    let cert = ca.server("all", &["default.test", "modern.test", "inherits.test"]);
-    let (default, modern, inherits) = (
+    let route_name = format!("{route}.test");
+    let cert = ca.server("all", &["default.test", &route_name, "inherits.test"]);
+    let (default, routed, inherits) = (
         named_backend("default"),
-        named_backend("modern"),
+        named_backend(route),
         named_backend("inherits"),
     );
     let mut toml = global_toml(&[]);
-    // The service allows 1.2; one route raises its floor, another keeps the service's.
-    toml += &service_toml(
-        "edge",
-        Some(default.addr),
-        &cert,
-        &[r#"min_version = "1.2""#],
-    );
-    toml += &route_toml(
-        "modern",
-        &["modern.test"],
-        modern.addr,
-        None,
-        &[r#"min_version = "1.3""#],
-    );
+    let service_line = format!("min_version = \"{service_min}\"");
+    toml += &service_toml("edge", Some(default.addr), &cert, &[&service_line]);
+    let route_line = format!("min_version = \"{route_min}\"");
+    toml += &route_toml(route, &[&route_name], routed.addr, None, &[&route_line]);
     toml += &route_toml("inherits", &["inherits.test"], inherits.addr, None, &[]);
-    let proxy = serve(&env, &toml);
-    let tls12 = client_config(&[&ca], &ClientOpts::tls12(), None);
-    let tls13 = client_config(&[&ca], &ClientOpts::tls13(), None);
+    Floors {
+        proxy: serve(&env, &toml),
+        tls12: client_config(&[&ca], &ClientOpts::tls12(), None),
+        tls13: client_config(&[&ca], &ClientOpts::tls13(), None),
+        _env: env,
+        default,
+        route: routed,
+        inherits,
+    }
+}
 
-    let refused = tls_connect_sni(proxy.addr(), &tls12, "modern.test");
+#[test]
+fn tls_policy_is_per_route_and_inherited_from_the_service_otherwise() {
+    // The service allows 1.2; one route raises its floor, another keeps the service's.
+    let f = floors("1.2", "modern", "1.3");
+    let refused = tls_connect_sni(f.proxy.addr(), &f.tls12, "modern.test");
     assert!(
         refused.is_err(),
         "a TLS 1.2-only client was served by the 1.3-only route"
     );
-    let mut ok = tls_connect_sni(proxy.addr(), &tls13, "modern.test").expect("1.3 to modern");
+    let mut ok = tls_connect_sni(f.proxy.addr(), &f.tls13, "modern.test").expect("1.3 to modern");
     assert_eq!(backend_name(&mut ok), "modern");
 
     for sni in ["inherits.test", "default.test"] {
-        let mut tls = tls_connect_sni(proxy.addr(), &tls12, sni)
+        let mut tls = tls_connect_sni(f.proxy.addr(), &f.tls12, sni)
             .unwrap_or_else(|e| panic!("TLS 1.2 to {sni}: {e}"));
         assert_eq!(
             tls.conn.protocol_version(),
@@ -274,44 +288,20 @@ fn tls_policy_is_per_route_and_inherited_from_the_service_otherwise() {
         let want = sni.trim_end_matches(".test");
         assert_eq!(backend_name(&mut tls), want, "{sni}");
     }
-    assert_eq!(modern.connections(), 1, "the refused client reached it");
-    assert_eq!((default.connections(), inherits.connections()), (1, 1));
+    assert_eq!(f.route.connections(), 1, "the refused client reached it");
+    assert_eq!((f.default.connections(), f.inherits.connections()), (1, 1));
 
     // The other way round: a 1.3-only service, one route that lets 1.2 in.
-    let env = TestEnv::new();
-    let ca = Ca::new(&env, "srv");
-    let cert = ca.server("all", &["default.test", "legacy.test", "inherits.test"]);
-    let (default, legacy, inherits) = (
-        named_backend("default"),
-        named_backend("legacy"),
-        named_backend("inherits"),
-    );
-    let mut toml = global_toml(&[]);
-    toml += &service_toml(
-        "edge",
-        Some(default.addr),
-        &cert,
-        &[r#"min_version = "1.3""#],
-    );
-    toml += &route_toml(
-        "legacy",
-        &["legacy.test"],
-        legacy.addr,
-        None,
-        &[r#"min_version = "1.2""#],
-    );
-    toml += &route_toml("inherits", &["inherits.test"], inherits.addr, None, &[]);
-    let proxy = serve(&env, &toml);
-    let tls12 = client_config(&[&ca], &ClientOpts::tls12(), None);
-    let mut tls = tls_connect_sni(proxy.addr(), &tls12, "legacy.test").expect("1.2 to legacy");
+    let f = floors("1.3", "legacy", "1.2");
+    let mut tls = tls_connect_sni(f.proxy.addr(), &f.tls12, "legacy.test").expect("1.2 to legacy");
     assert_eq!(backend_name(&mut tls), "legacy");
     for sni in ["inherits.test", "default.test"] {
         assert!(
-            tls_connect_sni(proxy.addr(), &tls12, sni).is_err(),
+            tls_connect_sni(f.proxy.addr(), &f.tls12, sni).is_err(),
             "{sni} inherits min_version = 1.3 but served TLS 1.2"
         );
     }
-    assert_eq!((default.connections(), inherits.connections()), (0, 0));
+    assert_eq!((f.default.connections(), f.inherits.connections()), (0, 0));
 }
 
 #[test]
