@@ -1,10 +1,13 @@
-//! Drives a rustls [`UnbufferedServerConnection`] over caller-owned buffers, with no I/O.
+//! Drives a rustls unbuffered connection over caller-owned buffers, with no I/O: the server
+//! side ([`ServerTls`], tlsfront terminating) or the client side ([`ClientTls`], tlsfront
+//! originating TLS toward a remote server). Below, "peer" is the TLS side and "plain" the
+//! other one.
 //!
-//! The caller reads client bytes into `incoming`, calls [`ServerTls::read`], writes the
-//! decrypted bytes to the backend and the [`OutBuf`] bytes to the client. Encryption of
-//! backend bytes ([`ServerTls::encrypt`]) appends to the same [`OutBuf`], so every record —
-//! handshake, alert, ticket, application data — reaches the client in the order rustls
-//! produced it, whichever direction produced it.
+//! The caller reads peer bytes into `incoming`, calls [`Tls::read`], writes the decrypted
+//! bytes to the plain side and the [`OutBuf`] bytes to the peer. Encryption of plain bytes
+//! ([`Tls::encrypt`]) appends to the same [`OutBuf`], so every record — handshake, alert,
+//! ticket, application data — reaches the peer in the order rustls produced it, whichever
+//! direction produced it.
 //!
 //! Invariants:
 //! - when `read` returns, rustls holds no undelivered plaintext, so `encrypt` always finds the
@@ -16,9 +19,11 @@
 
 use std::sync::Arc;
 
-use rustls::server::UnbufferedServerConnection;
+use rustls::client::{ClientConnectionData, UnbufferedClientConnection};
+use rustls::pki_types::ServerName;
+use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
 use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedStatus};
-use rustls::{HandshakeKind, ServerConfig};
+use rustls::{ClientConfig, CommonState, HandshakeKind, ServerConfig};
 
 /// Largest plaintext one TLS record can carry.
 pub const MAX_RECORD_PLAINTEXT: usize = 16 * 1024;
@@ -129,21 +134,59 @@ pub struct HandshakeInfo {
     pub resumed: bool,
 }
 
-pub struct ServerTls {
-    conn: UnbufferedServerConnection,
+/// rustls's unbuffered server or client connection, as [`Tls`] drives it.
+pub trait Side {
+    type Data;
+    fn process<'c, 'i>(
+        &'c mut self,
+        incoming: &'i mut [u8],
+    ) -> UnbufferedStatus<'c, 'i, Self::Data>;
+    fn common(&self) -> &CommonState;
+}
+
+impl Side for UnbufferedServerConnection {
+    type Data = ServerConnectionData;
+    fn process<'c, 'i>(
+        &'c mut self,
+        incoming: &'i mut [u8],
+    ) -> UnbufferedStatus<'c, 'i, Self::Data> {
+        self.process_tls_records(incoming)
+    }
+    fn common(&self) -> &CommonState {
+        self
+    }
+}
+
+impl Side for UnbufferedClientConnection {
+    type Data = ClientConnectionData;
+    fn process<'c, 'i>(
+        &'c mut self,
+        incoming: &'i mut [u8],
+    ) -> UnbufferedStatus<'c, 'i, Self::Data> {
+        self.process_tls_records(incoming)
+    }
+    fn common(&self) -> &CommonState {
+        self
+    }
+}
+
+/// A TLS connection driven over caller-owned buffers (see the module docs).
+pub struct Tls<S: Side> {
+    conn: S,
     failed: bool,
 }
 
+/// tlsfront terminating TLS from a client.
+pub type ServerTls = Tls<UnbufferedServerConnection>;
+/// tlsfront originating TLS toward a remote server (client mode).
+pub type ClientTls = Tls<UnbufferedClientConnection>;
+
 impl ServerTls {
     pub fn new(config: Arc<ServerConfig>) -> Result<Self, rustls::Error> {
-        Ok(ServerTls {
+        Ok(Tls {
             conn: UnbufferedServerConnection::new(config)?,
             failed: false,
         })
-    }
-
-    pub fn is_handshaking(&self) -> bool {
-        self.conn.is_handshaking()
     }
 
     /// The client's certificate (the leaf, DER) when it presented one; the handshake verified
@@ -155,10 +198,6 @@ impl ServerTls {
             .map(|c| c.as_ref())
     }
 
-    pub fn negotiated_suite(&self) -> Option<rustls::SupportedCipherSuite> {
-        self.conn.negotiated_cipher_suite()
-    }
-
     /// Hands the connection to the kernel: rustls keeps only what it needs for key updates.
     /// Needs a finished handshake, nothing left to send and secret extraction enabled.
     pub fn into_kernel(
@@ -166,29 +205,62 @@ impl ServerTls {
     ) -> Result<
         (
             rustls::ExtractedSecrets,
-            rustls::kernel::KernelConnection<rustls::server::ServerConnectionData>,
+            rustls::kernel::KernelConnection<ServerConnectionData>,
         ),
         rustls::Error,
     > {
         self.conn.dangerous_into_kernel_connection()
     }
+}
+
+impl ClientTls {
+    /// A client connection to `name`; its ClientHello is produced by the first
+    /// [`Tls::read`] (with nothing received yet).
+    pub fn new(
+        config: Arc<ClientConfig>,
+        name: ServerName<'static>,
+    ) -> Result<Self, rustls::Error> {
+        Ok(Tls {
+            conn: UnbufferedClientConnection::new(config, name)?,
+            failed: false,
+        })
+    }
+
+    /// See [`ServerTls::into_kernel`]. A NewSessionTicket arriving after the hand-off is
+    /// given to the [`rustls::kernel::KernelConnection`] by the relay.
+    pub fn into_kernel(
+        self,
+    ) -> Result<
+        (
+            rustls::ExtractedSecrets,
+            rustls::kernel::KernelConnection<ClientConnectionData>,
+        ),
+        rustls::Error,
+    > {
+        self.conn.dangerous_into_kernel_connection()
+    }
+}
+
+impl<S: Side> Tls<S> {
+    pub fn is_handshaking(&self) -> bool {
+        self.conn.common().is_handshaking()
+    }
+
+    pub fn negotiated_suite(&self) -> Option<rustls::SupportedCipherSuite> {
+        self.conn.common().negotiated_cipher_suite()
+    }
 
     pub fn info(&self) -> HandshakeInfo {
+        let c = self.conn.common();
         HandshakeInfo {
-            version: self
-                .conn
-                .protocol_version()
-                .and_then(|v| v.as_str())
-                .unwrap_or("-"),
-            suite: self
-                .conn
+            version: c.protocol_version().and_then(|v| v.as_str()).unwrap_or("-"),
+            suite: c
                 .negotiated_cipher_suite()
                 .map_or("-", crate::tls::suite_name),
-            alpn: self
-                .conn
+            alpn: c
                 .alpn_protocol()
                 .map(|p| String::from_utf8_lossy(p).into_owned()),
-            resumed: self.conn.handshake_kind() == Some(HandshakeKind::Resumed),
+            resumed: c.handshake_kind() == Some(HandshakeKind::Resumed),
         }
     }
 
@@ -207,7 +279,7 @@ impl ServerTls {
     ) -> Result<Progress, TlsError> {
         let mut progress = Progress::default();
         loop {
-            let UnbufferedStatus { mut discard, state } = self.conn.process_tls_records(incoming);
+            let UnbufferedStatus { mut discard, state } = self.conn.process(incoming);
             let mut rest = false;
             let result = match state {
                 Err(e) => Err(e),
@@ -290,7 +362,7 @@ impl ServerTls {
         incoming: &mut [u8],
         out: &mut OutBuf,
         mut write: impl FnMut(
-            &mut rustls::unbuffered::WriteTraffic<'_, rustls::server::ServerConnectionData>,
+            &mut rustls::unbuffered::WriteTraffic<'_, S::Data>,
             &mut [u8],
         ) -> Result<usize, EncryptError>,
     ) -> Result<(), TlsError> {
@@ -299,7 +371,7 @@ impl ServerTls {
         }
         // Bounded: each pass either finishes or flushes one queued control record first.
         for _ in 0..16 {
-            let UnbufferedStatus { discard, state } = self.conn.process_tls_records(incoming);
+            let UnbufferedStatus { discard, state } = self.conn.process(incoming);
             if discard != 0 {
                 // `read` consumes every complete record, so nothing here can be new input.
                 self.failed = true;
@@ -344,7 +416,7 @@ impl ServerTls {
         // Some deframing errors queue their alert only on the next pass, so allow one more
         // pass; stop at the first alert, since rustls must not be asked to fail twice.
         for _ in 0..2 {
-            let UnbufferedStatus { state, .. } = self.conn.process_tls_records(incoming);
+            let UnbufferedStatus { state, .. } = self.conn.process(incoming);
             match state {
                 Ok(ConnectionState::EncodeTlsData(mut encode)) => {
                     let _ = encode_into(&mut encode, out);
@@ -357,8 +429,8 @@ impl ServerTls {
     }
 }
 
-fn encode_into(
-    encode: &mut rustls::unbuffered::EncodeTlsData<'_, rustls::server::ServerConnectionData>,
+fn encode_into<Data>(
+    encode: &mut rustls::unbuffered::EncodeTlsData<'_, Data>,
     out: &mut OutBuf,
 ) -> Result<(), rustls::Error> {
     match encode.encode(out.spare_mut()) {
