@@ -20,6 +20,7 @@
 use std::sync::Arc;
 
 use rustls::client::{ClientConnectionData, UnbufferedClientConnection};
+use rustls::kernel::KernelConnection;
 use rustls::pki_types::ServerName;
 use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
 use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedStatus};
@@ -135,14 +136,20 @@ pub struct HandshakeInfo {
 }
 
 /// rustls's unbuffered server or client connection, as [`Tls`] drives it.
-pub trait Side {
+pub trait Side: Sized {
     type Data;
     fn process<'c, 'i>(
         &'c mut self,
         incoming: &'i mut [u8],
     ) -> UnbufferedStatus<'c, 'i, Self::Data>;
     fn common(&self) -> &CommonState;
+    fn into_kernel(self) -> KernelHandoff<Self::Data>;
 }
+
+/// What a hand-off to kernel TLS yields: the traffic secrets to install, and what rustls
+/// keeps for key updates (and a client's late tickets).
+pub type KernelHandoff<Data> =
+    Result<(rustls::ExtractedSecrets, KernelConnection<Data>), rustls::Error>;
 
 impl Side for UnbufferedServerConnection {
     type Data = ServerConnectionData;
@@ -154,6 +161,9 @@ impl Side for UnbufferedServerConnection {
     }
     fn common(&self) -> &CommonState {
         self
+    }
+    fn into_kernel(self) -> KernelHandoff<Self::Data> {
+        self.dangerous_into_kernel_connection()
     }
 }
 
@@ -167,6 +177,9 @@ impl Side for UnbufferedClientConnection {
     }
     fn common(&self) -> &CommonState {
         self
+    }
+    fn into_kernel(self) -> KernelHandoff<Self::Data> {
+        self.dangerous_into_kernel_connection()
     }
 }
 
@@ -197,20 +210,6 @@ impl ServerTls {
             .and_then(|chain| chain.first())
             .map(|c| c.as_ref())
     }
-
-    /// Hands the connection to the kernel: rustls keeps only what it needs for key updates.
-    /// Needs a finished handshake, nothing left to send and secret extraction enabled.
-    pub fn into_kernel(
-        self,
-    ) -> Result<
-        (
-            rustls::ExtractedSecrets,
-            rustls::kernel::KernelConnection<ServerConnectionData>,
-        ),
-        rustls::Error,
-    > {
-        self.conn.dangerous_into_kernel_connection()
-    }
 }
 
 impl ClientTls {
@@ -225,23 +224,16 @@ impl ClientTls {
             failed: false,
         })
     }
-
-    /// See [`ServerTls::into_kernel`]. A NewSessionTicket arriving after the hand-off is
-    /// given to the [`rustls::kernel::KernelConnection`] by the relay.
-    pub fn into_kernel(
-        self,
-    ) -> Result<
-        (
-            rustls::ExtractedSecrets,
-            rustls::kernel::KernelConnection<ClientConnectionData>,
-        ),
-        rustls::Error,
-    > {
-        self.conn.dangerous_into_kernel_connection()
-    }
 }
 
 impl<S: Side> Tls<S> {
+    /// Hands the connection to the kernel: rustls keeps only what it needs for key updates
+    /// (and, on a client, for tickets that arrive later). Needs a finished handshake,
+    /// nothing left to send and secret extraction enabled.
+    pub fn into_kernel(self) -> KernelHandoff<S::Data> {
+        self.conn.into_kernel()
+    }
+
     pub fn is_handshaking(&self) -> bool {
         self.conn.common().is_handshaking()
     }

@@ -27,7 +27,7 @@ use crate::conn::client_hello::{self, Peek};
 use crate::conn::close::CloseReason;
 use crate::conn::offload::{self, Offload, UserspaceReason};
 use crate::conn::proxy_in::{self, Inbound};
-use crate::conn::tls::{out_capacity, OutBuf, ServerTls, TlsError, MAX_RECORD_WIRE};
+use crate::conn::tls::{out_capacity, OutBuf, ServerTls, Side, Tls, TlsError, MAX_RECORD_WIRE};
 use crate::io::connect::{self, ConnectError};
 use crate::io::ktls;
 use crate::io::sockopt;
@@ -71,7 +71,7 @@ pub(super) struct Buffers {
 }
 
 impl Buffers {
-    fn new(buffer_size: usize) -> Self {
+    pub(super) fn new(buffer_size: usize) -> Self {
         let out_cap = out_capacity(buffer_size);
         Buffers {
             incoming: Vec::with_capacity(buffer_size.max(MAX_RECORD_WIRE)),
@@ -646,15 +646,16 @@ async fn reject_unknown_sni(client: &TcpStream) {
     }
 }
 
-/// Runs the handshake to completion, starting with what `bufs.incoming` already holds.
+/// Runs the handshake to completion with the TLS peer on `client`, starting with what
+/// `bufs.incoming` already holds (a client side starts by producing its ClientHello).
 /// Returns whether the peer already closed.
-async fn handshake(
+pub(super) async fn handshake<S: Side>(
     client: &TcpStream,
-    tls: &mut ServerTls,
+    tls: &mut Tls<S>,
     bufs: &mut Buffers,
 ) -> Result<bool, CloseReason> {
     let mut peer_closed = false;
-    let mut have_input = !bufs.incoming.is_empty();
+    let mut have_input = true;
     loop {
         if !bufs.out.is_empty() {
             flush(client, &mut bufs.out, &mut bufs.out_spare)
@@ -714,8 +715,8 @@ async fn flush(client: &TcpStream, out: &mut OutBuf, spare: &mut Vec<u8>) -> std
 }
 
 /// State the three relay futures share (one thread; no borrow is held across an await).
-struct Shared {
-    tls: ServerTls,
+struct Shared<S: Side> {
+    tls: Tls<S>,
     /// Client bytes rustls has not consumed yet. Kept here, not in the upstream future, so
     /// the write path can show rustls the same buffer (see `conn::tls` invariants).
     incoming: Vec<u8>,
@@ -726,10 +727,10 @@ struct Shared {
     abort_after_flush: Option<CloseReason>,
 }
 
-struct Relay<'a> {
+struct Relay<'a, S: Side> {
     client: &'a TcpStream,
     backend: &'a TcpStream,
-    shared: RefCell<Shared>,
+    shared: RefCell<Shared<S>>,
     /// `out` has bytes (or an end) for the client writer.
     wake_writer: Notify,
     /// The client writer took `out`'s bytes: downstream may fill it again.
@@ -739,19 +740,22 @@ struct Relay<'a> {
 }
 
 /// A connection whose handshake is done, ready to relay.
-pub(super) struct Established {
-    pub(super) tls: ServerTls,
+pub(super) struct Established<S: Side> {
+    pub(super) tls: Tls<S>,
     pub(super) bufs: Buffers,
     /// The client already sent close_notify.
     pub(super) peer_closed: bool,
 }
 
-async fn relay(
+/// Relays between the TLS peer on `client` and the plaintext side on `backend` (in client
+/// mode the TLS peer is the remote server and the plaintext side the local client; the
+/// caller reads the reasons accordingly).
+pub(super) async fn relay<S: Side>(
     ctx: &WorkerCtx,
     svc: &Service,
     client: &TcpStream,
     backend: &TcpStream,
-    established: Established,
+    established: Established<S>,
     tally: &Tally,
 ) -> CloseReason {
     let Established {
@@ -824,7 +828,7 @@ pub(super) async fn supervise(
     }
 }
 
-impl Relay<'_> {
+impl<S: Side> Relay<'_, S> {
     fn touch(&self) {
         self.last_activity.set(Instant::now());
     }

@@ -31,7 +31,7 @@ use super::connection::{supervise, Buffers, Established, Tally};
 use super::WorkerCtx;
 use crate::config::Service;
 use crate::conn::close::CloseReason;
-use crate::conn::tls::{record_remaining, ServerTls, MAX_RECORD_PLAINTEXT};
+use crate::conn::tls::{record_remaining, Side, Tls, MAX_RECORD_PLAINTEXT};
 use crate::io::ktls::{self, CryptoInfo, Direction, TlsVersion};
 use crate::io::pipe::Pipe;
 use crate::io::poll::{self, Interest};
@@ -40,6 +40,8 @@ use crate::obs;
 
 /// TLS handshake message type of KeyUpdate (RFC 8446 §4.6.3).
 const HANDSHAKE_KEY_UPDATE: u8 = 24;
+/// TLS handshake message type of NewSessionTicket (RFC 8446 §4.6.1).
+const HANDSHAKE_NEW_SESSION_TICKET: u8 = 4;
 /// How many splices between record-sequence checks against the AEAD's limit.
 const LIMIT_CHECK_EVERY: u32 = 1024;
 /// Headroom kept below the AEAD's confidentiality limit.
@@ -49,7 +51,7 @@ const LIMIT_MARGIN: u64 = 1 << 16;
 /// record boundary (it cannot pick up mid-record), and lets rustls decrypt it.
 pub(super) async fn finish_partial_record(
     client: &TcpStream,
-    tls: &mut ServerTls,
+    tls: &mut Tls<impl Side>,
     bufs: &mut Buffers,
 ) -> Result<bool, CloseReason> {
     let mut peer_closed = false;
@@ -81,14 +83,17 @@ pub(super) async fn finish_partial_record(
 
 /// Hands the established connection to the kernel and relays with splice until both
 /// directions are done. The TLS ULP is already attached to `client`.
-pub(super) async fn run(
+pub(super) async fn run<S: Side>(
     ctx: &WorkerCtx,
     svc: &Service,
     client: &TcpStream,
     backend: &TcpStream,
-    established: Established,
+    established: Established<S>,
     tally: &Tally,
-) -> CloseReason {
+) -> CloseReason
+where
+    S::Data: AfterHandoff,
+{
     let Established {
         tls,
         mut bufs,
@@ -138,7 +143,7 @@ pub(super) fn install_keys<Data>(
 
 /// Relays between a kTLS socket and a plain one with splice until both directions end.
 /// Generic over the rustls side so client mode can use it too.
-pub(super) async fn splice_relay<Data>(
+pub(super) async fn splice_relay<Data: AfterHandoff>(
     ctx: &WorkerCtx,
     svc: &Service,
     tls_sock: &TcpStream,
@@ -223,7 +228,33 @@ fn errno(e: &io::Error) -> Option<i32> {
     e.raw_os_error()
 }
 
-impl<Data> KtlsRelay<'_, Data> {
+/// Post-handshake messages a kTLS connection's peer may send, by side.
+pub(super) trait AfterHandoff: Sized {
+    /// A TLS 1.3 NewSessionTicket (the message body): a client keeps it for resumption.
+    fn new_session_ticket(
+        kernel: &mut KernelConnection<Self>,
+        body: &[u8],
+    ) -> Result<(), rustls::Error>;
+}
+
+impl AfterHandoff for rustls::server::ServerConnectionData {
+    fn new_session_ticket(_: &mut KernelConnection<Self>, _: &[u8]) -> Result<(), rustls::Error> {
+        Err(rustls::Error::General(
+            "a client sent a NewSessionTicket".into(),
+        ))
+    }
+}
+
+impl AfterHandoff for rustls::client::ClientConnectionData {
+    fn new_session_ticket(
+        kernel: &mut KernelConnection<Self>,
+        body: &[u8],
+    ) -> Result<(), rustls::Error> {
+        kernel.handle_new_session_ticket(body)
+    }
+}
+
+impl<Data: AfterHandoff> KtlsRelay<'_, Data> {
     fn touch(&self) {
         self.last_activity.set(Instant::now());
     }
@@ -328,7 +359,8 @@ impl<Data> KtlsRelay<'_, Data> {
 
     /// Reads the pending non-data record and decides what it means.
     fn control_record(&self) -> Result<Control, CloseReason> {
-        let mut buf = [0u8; 512];
+        // Control records are rare (alerts, key updates, tickets): a record-sized buffer per one.
+        let mut buf = vec![0u8; MAX_RECORD_PLAINTEXT];
         let record = match ktls::recv_record(&*self.client, &mut buf) {
             Ok(Some(r)) => r,
             // Nothing queued after all: let the splice loop try again.
@@ -346,22 +378,45 @@ impl<Data> KtlsRelay<'_, Data> {
                     Err(CloseReason::TlsAlert)
                 }
             },
-            ktls::RECORD_HANDSHAKE => match payload {
-                [HANDSHAKE_KEY_UPDATE, 0, 0, 1, request] => self.key_update(*request == 1),
-                _ => {
-                    debug!(
-                        len = payload.len(),
-                        "unexpected post-handshake message on kTLS"
-                    );
-                    Err(CloseReason::TlsError)
-                }
-            },
+            ktls::RECORD_HANDSHAKE => self.handshake_messages(payload),
             // The splice path handles data itself; a data record here means we raced it.
             ktls::RECORD_APPLICATION_DATA => Err(CloseReason::TlsError),
             // EOF (len 0) on the control read: the splice loop sees it next.
             _ if record.len == 0 => Ok(Control::Continue),
             _ => Err(CloseReason::TlsError),
         }
+    }
+
+    /// Handles the post-handshake messages in one record (a record may carry several, as
+    /// a server's two tickets often do).
+    fn handshake_messages(&self, mut rest: &[u8]) -> Result<Control, CloseReason> {
+        while !rest.is_empty() {
+            let (kind, len) = match rest {
+                [kind, a, b, c, ..] => (*kind, usize::from_be_bytes([0, 0, 0, 0, 0, *a, *b, *c])),
+                _ => return Err(CloseReason::TlsError),
+            };
+            let Some(body) = rest.get(4..4 + len) else {
+                return Err(CloseReason::TlsError);
+            };
+            match (kind, body) {
+                (HANDSHAKE_KEY_UPDATE, [request]) => {
+                    self.key_update(*request == 1)?;
+                }
+                (HANDSHAKE_NEW_SESSION_TICKET, _) => {
+                    let mut kernel = self.kernel.borrow_mut();
+                    if let Err(e) = Data::new_session_ticket(&mut kernel, body) {
+                        debug!(error = %e, "unusable post-handshake ticket");
+                        return Err(CloseReason::TlsError);
+                    }
+                }
+                _ => {
+                    debug!(kind, len, "unexpected post-handshake message on kTLS");
+                    return Err(CloseReason::TlsError);
+                }
+            }
+            rest = &rest[4 + len..];
+        }
+        Ok(Control::Continue)
     }
 
     /// The client switched to new keys. Kernels before 6.14 refuse a second TLS_RX (EBUSY):
