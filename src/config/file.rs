@@ -40,6 +40,9 @@ pub enum Workers {
 #[serde(deny_unknown_fields)]
 pub struct ServiceSection {
     pub name: Option<String>,
+    pub mode: Option<String>,
+    pub server_name: Option<String>,
+    pub ca: Option<String>,
     pub listen: Option<String>,
     pub backend: Option<BackendValue>,
     pub balance: Option<String>,

@@ -138,6 +138,17 @@ pub struct Service {
     /// The service's ticketer (`None`: tickets off); each route uses it bound to its own
     /// context (`tls::tickets::RouteTickets`).
     pub ticketer: Option<Arc<dyn rustls::server::ProducesTickets>>,
+    /// `mode = "client"`: plaintext in, TLS toward the backend (its only route's pool).
+    pub client: Option<ClientSide>,
+}
+
+/// A client-mode service's TLS toward its remote server.
+#[derive(Debug)]
+pub struct ClientSide {
+    /// The shared template; each worker uses its own copy (own session store).
+    pub config: Arc<rustls::ClientConfig>,
+    /// SNI and the name the server's certificate must carry.
+    pub server_name: rustls::pki_types::ServerName<'static>,
 }
 
 impl Service {
@@ -479,9 +490,14 @@ impl Builder<'_> {
                 ),
             ));
         }
+        let client_suites = svc
+            .client
+            .iter()
+            .flat_map(|c| c.config.crypto_provider().cipher_suites.iter());
         let mut missing: Vec<&str> = svc
             .route_tls()
             .flat_map(|t| t.config.crypto_provider().cipher_suites.iter())
+            .chain(client_suites)
             .filter(|suite| {
                 !ktls::kernel_cipher(**suite).is_some_and(|(v, c)| support.supports(v, c))
             })
@@ -610,6 +626,32 @@ impl Builder<'_> {
                 ))
             }
         };
+        let client_mode = match raw.mode.as_deref() {
+            None | Some("server") => false,
+            Some("client") => true,
+            Some(other) => {
+                return Err(self.err(
+                    sec,
+                    "mode",
+                    format!("must be \"server\" or \"client\", got {other:?}"),
+                ))
+            }
+        };
+        if client_mode {
+            return self.client_service(i, raw, name, listen, listen_origin, ktls);
+        }
+        for (key, set) in [
+            ("server_name", raw.server_name.is_some()),
+            ("ca", raw.ca.is_some()),
+        ] {
+            if set {
+                return Err(self.err(
+                    sec,
+                    key,
+                    "only used with mode = \"client\" (the CA of a server mode's clients is client_ca)",
+                ));
+            }
+        }
         let accept_proxy = self.accept_proxy(sec, raw)?;
         let (ticketer, ticket_keys) = self.ticketer(sec, raw)?;
         let session_cache_size = raw.session_cache_size.unwrap_or(DEFAULT_SESSION_CACHE);
@@ -655,6 +697,138 @@ impl Builder<'_> {
             session_cache_size,
             ticket_keys,
             ticketer,
+            client: None,
+        })
+    }
+
+    /// `mode = "client"`: a plaintext listener whose connections go out as TLS to `backend`.
+    fn client_service(
+        &self,
+        i: usize,
+        raw: &ServiceSection,
+        name: String,
+        listen: SocketAddr,
+        listen_origin: String,
+        ktls: KtlsMode,
+    ) -> Result<Service, ConfigError> {
+        let sec = Section::Service(i);
+        let server_only = [
+            ("route", !raw.route.is_empty()),
+            ("by_identity", !raw.by_identity.is_empty()),
+            ("unknown_sni", raw.unknown_sni.is_some()),
+            ("client_auth", raw.client_auth.is_some()),
+            ("client_ca", raw.client_ca.is_some()),
+            ("client_crl", raw.client_crl.is_some()),
+            ("allow_cn", raw.allow_cn.is_some()),
+            ("allow_dns", raw.allow_dns.is_some()),
+            ("allow_uri", raw.allow_uri.is_some()),
+            ("allow_spki", raw.allow_spki.is_some()),
+            ("cipher_preference", raw.cipher_preference.is_some()),
+            ("proxy_protocol", raw.proxy_protocol.is_some()),
+            ("accept_proxy", raw.accept_proxy.is_some()),
+            ("proxy_sources", raw.proxy_sources.is_some()),
+            ("ticket_keys_file", raw.ticket_keys_file.is_some()),
+            ("ticket_secret_file", raw.ticket_secret_file.is_some()),
+            ("ticket_rotation", raw.ticket_rotation.is_some()),
+            ("ticket_lifetime", raw.ticket_lifetime.is_some()),
+        ];
+        if let Some((key, _)) = server_only.iter().find(|(_, set)| *set) {
+            return Err(self.err(
+                sec,
+                key,
+                "a server-mode setting: mode = \"client\" accepts plaintext and speaks TLS to \
+                 the backend",
+            ));
+        }
+        let Some(value) = &raw.backend else {
+            return Err(self.err(
+                sec,
+                "backend",
+                "missing: the TLS server to connect to, e.g. backend = \"mail.example.com:465\"",
+            ));
+        };
+        let backend = self.backend(sec, value)?;
+        let first = match value {
+            BackendValue::One(t) => t.as_str(),
+            BackendValue::Pool(list) => list.first().map_or("", String::as_str),
+        };
+        let server_name = match &raw.server_name {
+            Some(n) => rustls::pki_types::ServerName::try_from(n.trim().to_owned())
+                .map_err(|e| self.err(sec, "server_name", format!("{n:?}: {e}")))?,
+            None => host_of(first)
+                .and_then(|h| rustls::pki_types::ServerName::try_from(h.to_owned()).ok())
+                .ok_or_else(|| {
+                    self.err(
+                        sec,
+                        "server_name",
+                        "missing: the name the server's certificate must carry (cannot be \
+                         taken from the backend address)",
+                    )
+                })?,
+        };
+        let roots = match raw.ca.as_deref() {
+            None | Some("system") => tls::Roots::System,
+            Some(path) => tls::Roots::File(self.relative(path)),
+        };
+        let store = tls::load_roots(&roots).map_err(|e| self.err(sec, "ca", e))?;
+        let policy = self.tls_policy(sec, raw)?;
+        let identity = match (&raw.cert, &raw.key) {
+            (Some(c), Some(k)) => Some((self.relative(c), self.relative(k))),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(self.err(sec, "cert", "a client certificate needs a key: set key"))
+            }
+            (None, Some(_)) => {
+                return Err(self.err(sec, "key", "a key needs a certificate: set cert"))
+            }
+        };
+        let config = tls::build_client_config(
+            &policy,
+            store,
+            identity.as_ref().map(|(c, k)| (c.as_path(), k.as_path())),
+        )
+        .map_err(|e| {
+            let field = match e.field {
+                tls::PolicyField::Cert => "cert",
+                tls::PolicyField::Key => "key",
+                tls::PolicyField::Ciphers => "ciphers",
+                tls::PolicyField::Groups => "groups",
+                tls::PolicyField::Versions => "min_version",
+                tls::PolicyField::Alpn => "alpn",
+            };
+            self.err(sec, field, e.message)
+        })?;
+        let session_cache_size = match raw.tickets {
+            Some(false) => 0,
+            _ => raw.session_cache_size.unwrap_or(DEFAULT_SESSION_CACHE),
+        };
+        Ok(Service {
+            name: name.clone(),
+            listen,
+            listen_origin,
+            routes: vec![Route {
+                name,
+                sni: Vec::new(),
+                alpn_match: Vec::new(),
+                tls: None,
+                upstreams: vec![Upstream {
+                    backend,
+                    pool: self.pool_policy(sec, raw)?,
+                    identity: Allow::default(),
+                }],
+                proxy_protocol: None,
+            }],
+            default_route: Some(0),
+            tunables: self.tunables(sec, raw)?,
+            ktls,
+            accept_proxy: None,
+            session_cache_size,
+            ticket_keys: TicketKeys::Off,
+            ticketer: None,
+            client: Some(ClientSide {
+                config: Arc::new(config),
+                server_name,
+            }),
         })
     }
 
@@ -1440,6 +1614,17 @@ fn overlay(service: &ServiceSection, r: &RouteSection) -> ServiceSection {
         by_identity: Vec::new(),
         ..service.clone()
     }
+}
+
+/// The host part of `host:port` / `[v6]:port` (a name or an IP literal).
+fn host_of(addr: &str) -> Option<&str> {
+    let addr = addr.trim();
+    if let Some(rest) = addr.strip_prefix('[') {
+        return rest.split_once(']').map(|(h, _)| h);
+    }
+    addr.rsplit_once(':')
+        .map(|(h, _)| h)
+        .filter(|h| !h.is_empty())
 }
 
 /// Resolves `host:port` (IP literals without a lookup) to the first address.

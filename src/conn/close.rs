@@ -48,6 +48,13 @@ pub enum CloseReason {
     ClientCertRevoked,
     /// The client certificate verified but matches no `allow_*` entry (alert access_denied).
     ClientNotAllowed,
+    /// Client mode: the server sent FIN without close_notify (possible truncation).
+    ServerEofNoCloseNotify,
+    /// Client mode: the server's certificate did not verify (unknown CA, wrong name, expired).
+    ServerCertInvalid,
+    /// Client mode: the TLS handshake with the server failed otherwise (alert, no common
+    /// version or suite).
+    ServerTlsError,
 }
 
 impl CloseReason {
@@ -78,6 +85,9 @@ impl CloseReason {
             CloseReason::ClientCertInvalid => "client_cert_invalid",
             CloseReason::ClientCertRevoked => "client_cert_revoked",
             CloseReason::ClientNotAllowed => "client_not_allowed",
+            CloseReason::ServerEofNoCloseNotify => "server_eof_without_close_notify",
+            CloseReason::ServerCertInvalid => "server_cert_invalid",
+            CloseReason::ServerTlsError => "server_tls_error",
         }
     }
 
@@ -97,7 +107,9 @@ impl CloseReason {
     pub fn is_clean(self) -> bool {
         matches!(
             self,
-            CloseReason::Done | CloseReason::ClientEofNoCloseNotify
+            CloseReason::Done
+                | CloseReason::ClientEofNoCloseNotify
+                | CloseReason::ServerEofNoCloseNotify
         )
     }
 
@@ -109,6 +121,7 @@ impl CloseReason {
             self,
             CloseReason::Done
                 | CloseReason::ClientEofNoCloseNotify
+                | CloseReason::ServerEofNoCloseNotify
                 | CloseReason::HandshakeEof
                 | CloseReason::ClientIoError
                 | CloseReason::IdleTimeout

@@ -187,6 +187,8 @@ impl Side for UnbufferedClientConnection {
 pub struct Tls<S: Side> {
     conn: S,
     failed: bool,
+    /// The protocol error that failed the connection, for the caller's diagnosis.
+    last_error: Option<rustls::Error>,
 }
 
 /// tlsfront terminating TLS from a client.
@@ -199,6 +201,7 @@ impl ServerTls {
         Ok(Tls {
             conn: UnbufferedServerConnection::new(config)?,
             failed: false,
+            last_error: None,
         })
     }
 
@@ -222,6 +225,7 @@ impl ClientTls {
         Ok(Tls {
             conn: UnbufferedClientConnection::new(config, name)?,
             failed: false,
+            last_error: None,
         })
     }
 }
@@ -232,6 +236,11 @@ impl<S: Side> Tls<S> {
     /// nothing left to send and secret extraction enabled.
     pub fn into_kernel(self) -> KernelHandoff<S::Data> {
         self.conn.into_kernel()
+    }
+
+    /// The protocol error that failed the connection, if one did.
+    pub fn last_error(&self) -> Option<&rustls::Error> {
+        self.last_error.as_ref()
     }
 
     pub fn is_handshaking(&self) -> bool {
@@ -318,6 +327,7 @@ impl<S: Side> Tls<S> {
             incoming.drain(..discard);
             if let Err(e) = result {
                 self.fail(incoming, out);
+                self.last_error = Some(e.clone());
                 return Err(TlsError::Protocol(e));
             }
             if rest {

@@ -493,6 +493,135 @@ pub fn build_server_config(
     })
 }
 
+/// Where a client-mode service's trusted roots come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Roots {
+    /// The operating system's store (rustls-native-certs: /etc/ssl/certs and the like).
+    System,
+    /// A PEM bundle.
+    File(PathBuf),
+}
+
+/// The roots a client trusts; an error says what is wrong with the bundle.
+pub fn load_roots(roots: &Roots) -> Result<rustls::RootCertStore, String> {
+    let mut store = rustls::RootCertStore::empty();
+    let certs: Vec<CertificateDer<'static>> = match roots {
+        Roots::System => {
+            let found = rustls_native_certs::load_native_certs();
+            if found.certs.is_empty() {
+                let why = found
+                    .errors
+                    .first()
+                    .map_or("none found".to_owned(), |e| e.to_string());
+                return Err(format!("no system CA certificates: {why}"));
+            }
+            found.certs
+        }
+        Roots::File(path) => CertificateDer::pem_file_iter(path)
+            .and_then(|it| it.collect::<Result<_, _>>())
+            .map_err(|e| {
+                format!(
+                    "cannot read CA bundle {}: {}",
+                    path.display(),
+                    pem_error(&e)
+                )
+            })?,
+    };
+    let (added, _ignored) = store.add_parsable_certificates(certs);
+    if added == 0 {
+        return Err(match roots {
+            Roots::System => "no usable system CA certificate".to_owned(),
+            Roots::File(p) => format!("no usable CA certificate in {}", p.display()),
+        });
+    }
+    Ok(store)
+}
+
+/// The client certificate a client-mode service presents when the server asks.
+#[derive(Debug)]
+struct ClientIdentity(Arc<CertifiedKey>);
+
+impl rustls::client::ResolvesClientCert for ClientIdentity {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// Builds the rustls client config of a client-mode service: the policy's versions,
+/// suites, groups and ALPN; the given roots; a client certificate when `identity` is set.
+pub fn build_client_config(
+    policy: &TlsPolicy,
+    roots: rustls::RootCertStore,
+    identity: Option<(&Path, &Path)>,
+) -> Result<rustls::ClientConfig, PolicyError> {
+    let provider = CryptoProvider {
+        cipher_suites: select_suites(policy)?,
+        kx_groups: select_groups(policy)?,
+        ..provider::default_provider()
+    };
+    let mut versions: Vec<&'static rustls::SupportedProtocolVersion> = Vec::with_capacity(2);
+    if policy.min_version <= Version::Tls12 && policy.max_version >= Version::Tls12 {
+        versions.push(&rustls::version::TLS12);
+    }
+    if policy.max_version >= Version::Tls13 {
+        versions.push(&rustls::version::TLS13);
+    }
+    for proto in &policy.alpn {
+        if proto.is_empty() || proto.len() > 255 {
+            return fail(
+                PolicyField::Alpn,
+                format!("ALPN protocol {proto:?} must be 1 to 255 bytes"),
+            );
+        }
+    }
+    let identity = match identity {
+        Some((cert, key)) => Some(load_certified_key(cert, key, &provider)?),
+        None => None,
+    };
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_protocol_versions(&versions)
+        .or_else(|e| {
+            fail(
+                PolicyField::Versions,
+                format!("inconsistent TLS policy: {e}"),
+            )
+        })?
+        .with_root_certificates(roots);
+    let mut config = match identity {
+        Some(certified) => {
+            builder.with_client_cert_resolver(Arc::new(ClientIdentity(Arc::new(certified))))
+        }
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = policy.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    Ok(config)
+}
+
+/// A worker's copy of a client config: its own session store (tickets per remote server
+/// name, `cache_size` entries; 0 turns resumption off), nothing shared per handshake.
+pub fn per_worker_client_config(
+    shared: &rustls::ClientConfig,
+    cache_size: usize,
+    extract_secrets: bool,
+) -> Arc<rustls::ClientConfig> {
+    let mut config = shared.clone();
+    config.enable_secret_extraction = extract_secrets;
+    config.resumption = if cache_size == 0 {
+        rustls::client::Resumption::disabled()
+    } else {
+        rustls::client::Resumption::in_memory_sessions(cache_size)
+    };
+    Arc::new(config)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -38,9 +38,18 @@ use crate::route::proxy_header::{self, ConnInfo, TlsSummary};
 use crate::tls::client_auth::{self, Identity, Refusal};
 
 /// Releases the connection's slot in the worker's books however the task ends.
-struct Slot {
+pub(super) struct Slot {
     ctx: Rc<WorkerCtx>,
     rt: Rc<ServiceRt>,
+}
+
+impl Slot {
+    pub(super) fn new(ctx: &Rc<WorkerCtx>, rt: &Rc<ServiceRt>) -> Slot {
+        Slot {
+            ctx: ctx.clone(),
+            rt: rt.clone(),
+        }
+    }
 }
 
 impl Drop for Slot {
@@ -67,7 +76,7 @@ pub(super) struct Buffers {
     /// Ciphertext to the client, filled by rustls.
     pub(super) out: OutBuf,
     /// The client writer's second buffer, swapped with `out`'s storage while a write runs.
-    out_spare: Vec<u8>,
+    pub(super) out_spare: Vec<u8>,
 }
 
 impl Buffers {
@@ -85,7 +94,7 @@ impl Buffers {
 }
 
 /// A connection counted against its backend (for least-connections) while it lives.
-struct PoolSlot<'a> {
+pub(super) struct PoolSlot<'a> {
     pool: &'a Pool,
     index: usize,
 }
@@ -113,10 +122,7 @@ pub(super) async fn serve(
     client: TcpStream,
     peer: SocketAddr,
 ) {
-    let slot = Slot {
-        ctx: ctx.clone(),
-        rt: rt.clone(),
-    };
+    let slot = Slot::new(&ctx, &rt);
     let svc = rt.svc();
     let started = Instant::now();
     debug!(worker = ctx.id, service = %svc.name, %peer, "accepted");
@@ -391,7 +397,7 @@ fn local_addr(client: &TcpStream, svc: &Service) -> SocketAddr {
 
 /// Connects to a backend of the route's upstream: the pool's order, failing over to the
 /// next backend on error, all within one `connect_timeout`.
-async fn connect_upstream<'r>(
+pub(super) async fn connect_upstream<'r>(
     ctx: &WorkerCtx,
     rt: &'r ServiceRt,
     route: usize,
@@ -504,7 +510,7 @@ fn register_identity<'c>(
     Some(ctx.identities.register(local.port(), remote, record))
 }
 
-fn count_offload(ctx: &WorkerCtx, offload: Offload) {
+pub(super) fn count_offload(ctx: &WorkerCtx, offload: Offload) {
     let s = &ctx.stats;
     obs::inc(match offload {
         Offload::Kernel { .. } => &s.offload_ktls,
@@ -707,7 +713,11 @@ async fn read_append(stream: &TcpStream, buf: Vec<u8>) -> (std::io::Result<usize
 }
 
 /// Writes all of `out` to the client, swapping storage with `spare` so no bytes are copied.
-async fn flush(client: &TcpStream, out: &mut OutBuf, spare: &mut Vec<u8>) -> std::io::Result<()> {
+pub(super) async fn flush(
+    client: &TcpStream,
+    out: &mut OutBuf,
+    spare: &mut Vec<u8>,
+) -> std::io::Result<()> {
     let (buf, filled) = out.take(std::mem::take(spare));
     let (res, slice) = client.write_all(buf.slice(..filled)).await;
     *spare = slice.into_inner();

@@ -2,6 +2,7 @@
 //! its own tokio-uring runtime with its own SO_REUSEPORT listener per service. Workers share
 //! only the read-only [`Config`]; counters, connection counts and buffers are worker-local.
 
+mod client_mode;
 mod connection;
 mod ktls_relay;
 mod passthrough;
@@ -75,6 +76,8 @@ pub(crate) struct ServiceRt {
     pub index: usize,
     /// Per route of the service (same order): this worker's TLS configs and pools.
     pub routes: Vec<RouteRt>,
+    /// Client mode: this worker's client config (its own ticket store).
+    pub client_tls: Option<Arc<rustls::ClientConfig>>,
     /// This worker's share of `max_connections`.
     pub limit: u32,
     /// Open connections of this service on this worker.
@@ -138,10 +141,14 @@ impl ServiceRt {
                 }
             })
             .collect();
+        let client_tls = svc.client.as_ref().map(|c| {
+            crate::tls::per_worker_client_config(&c.config, svc.session_cache_size, extract)
+        });
         let rt = Rc::new(ServiceRt {
             config: config.clone(),
             index,
             routes,
+            client_tls,
             limit: svc.tunables.max_connections.div_ceil(workers).max(1),
             active,
             stats,
@@ -468,7 +475,11 @@ async fn accept_loop(
                 obs::inc(&ctx.stats.accepted);
                 obs::inc(&ctx.stats.active);
                 rt.active.set(rt.active.get() + 1);
-                tokio_uring::spawn(connection::serve(ctx.clone(), rt, stream, peer));
+                if rt.client_tls.is_some() {
+                    tokio_uring::spawn(client_mode::serve(ctx.clone(), rt, stream, peer));
+                } else {
+                    tokio_uring::spawn(connection::serve(ctx.clone(), rt, stream, peer));
+                }
             }
             // A closed listener (shutdown, or removed by a reload) fails its accept.
             Err(e) if ctx.draining.get() || e.raw_os_error() == Some(libc::EINVAL) => return,

@@ -1,0 +1,179 @@
+//! Client mode (`mode = "client"`): a local plaintext connection goes out as TLS to the
+//! service's backend — stunnel's `client = yes`. The same relay and kTLS hand-off as server
+//! mode run with the sides swapped: the TLS peer is the remote server, the plaintext side is
+//! the local client.
+//!
+//! Order: connect to the server (pool, failover), handshake (the server's certificate is
+//! verified against `ca` for `server_name`; tickets are cached per worker and server name),
+//! then relay. Half-close: local FIN → close_notify + FIN to the server; the server's
+//! close_notify or FIN → FIN to the local client.
+
+use std::net::{Shutdown, SocketAddr};
+use std::rc::Rc;
+use std::time::Instant;
+
+use tokio_uring::net::TcpStream;
+use tracing::{debug, info, warn};
+
+use super::connection::{
+    connect_upstream, count_offload, flush, handshake, relay, Buffers, Established, Slot, Tally,
+};
+use super::{ktls_relay, ServiceRt, WorkerCtx};
+use crate::conn::close::CloseReason;
+use crate::conn::offload::{self, Offload, UserspaceReason};
+use crate::conn::tls::ClientTls;
+use crate::io::{ktls, sockopt};
+use crate::obs;
+
+pub(super) async fn serve(
+    ctx: Rc<WorkerCtx>,
+    rt: Rc<ServiceRt>,
+    local: TcpStream,
+    peer: SocketAddr,
+) {
+    let slot = Slot::new(&ctx, &rt);
+    let svc = rt.svc();
+    let started = Instant::now();
+    if let Err(e) = sockopt::with_sockref(&local, |s| {
+        sockopt::apply_stream_tunables(&s, &svc.tunables)
+    }) {
+        debug!(%peer, error = %e, "could not set client socket options");
+    }
+    let tally = Tally::default();
+    let reason = run(&ctx, &rt, &local, peer, &tally).await;
+    let _ = local.shutdown(Shutdown::Both);
+
+    // The relay counts from the TLS side's view: `up` is server → local client here.
+    let (bytes_in, bytes_out) = (tally.down.get(), tally.up.get());
+    obs::add(&ctx.stats.bytes_client_to_backend, bytes_in);
+    obs::add(&ctx.stats.bytes_backend_to_client, bytes_out);
+    if !reason.is_clean() {
+        obs::inc(&ctx.stats.closed_with_error);
+    }
+    let duration_ms = started.elapsed().as_millis() as u64;
+    if reason.is_failure() {
+        warn!(worker = ctx.id, service = %svc.name, %peer, bytes_in, bytes_out, duration_ms, reason = %reason, "closed");
+    } else {
+        info!(worker = ctx.id, service = %svc.name, %peer, bytes_in, bytes_out, duration_ms, reason = %reason, "closed");
+    }
+    drop(slot);
+}
+
+/// The relay names its sides from server mode (client = TLS peer, backend = plaintext);
+/// here the TLS peer is the server and the plaintext side the local client.
+fn swapped(reason: CloseReason) -> CloseReason {
+    match reason {
+        CloseReason::ClientIoError => CloseReason::BackendIoError,
+        CloseReason::BackendIoError => CloseReason::ClientIoError,
+        CloseReason::ClientEofNoCloseNotify => CloseReason::ServerEofNoCloseNotify,
+        CloseReason::TlsError => CloseReason::ServerTlsError,
+        other => other,
+    }
+}
+
+async fn run(
+    ctx: &WorkerCtx,
+    rt: &ServiceRt,
+    local: &TcpStream,
+    peer: SocketAddr,
+    tally: &Tally,
+) -> CloseReason {
+    let svc = rt.svc();
+    let (Some(client), Some(config)) = (&svc.client, &rt.client_tls) else {
+        return CloseReason::TlsError;
+    };
+    let (remote, _pool_slot) = match connect_upstream(ctx, rt, 0, 0, peer).await {
+        Ok(connected) => connected,
+        Err(reason) => return reason,
+    };
+    let mut tls = match ClientTls::new(config.clone(), client.server_name.clone()) {
+        Ok(t) => t,
+        Err(e) => {
+            warn!(error = %e, "cannot create TLS session");
+            return CloseReason::TlsError;
+        }
+    };
+    let mut bufs = Buffers::new(svc.tunables.buffer_size);
+    let handshaken = tokio::select! {
+        r = tokio::time::timeout(svc.tunables.handshake_timeout, handshake(&remote, &mut tls, &mut bufs)) => r,
+        _ = ctx.force_close.notified() => Ok(Err(CloseReason::DrainTimeout)),
+    };
+    let peer_closed = match handshaken {
+        Ok(Ok(closed)) => closed,
+        Ok(Err(reason)) => {
+            obs::inc(&ctx.stats.handshake_failures);
+            let reason = match tls.last_error() {
+                Some(rustls::Error::InvalidCertificate(e)) => {
+                    warn!(worker = ctx.id, service = %svc.name, server = ?client.server_name, error = ?e, "server certificate refused");
+                    CloseReason::ServerCertInvalid
+                }
+                Some(e) => {
+                    warn!(worker = ctx.id, service = %svc.name, server = ?client.server_name, error = %e, "TLS handshake with the server failed");
+                    CloseReason::ServerTlsError
+                }
+                None => swapped(reason),
+            };
+            let _ = remote.shutdown(Shutdown::Both);
+            return reason;
+        }
+        Err(_) => {
+            obs::inc(&ctx.stats.handshake_timeouts);
+            let _ = remote.shutdown(Shutdown::Both);
+            return CloseReason::HandshakeTimeout;
+        }
+    };
+    obs::inc(&ctx.stats.handshakes);
+    let info = tls.info();
+    if info.resumed {
+        obs::inc(&ctx.stats.handshakes_resumed);
+        obs::inc(&rt.stats.handshakes_resumed);
+    } else {
+        obs::inc(&rt.stats.handshakes_full);
+    }
+    debug!(worker = ctx.id, service = %svc.name, %peer, version = info.version, suite = info.suite,
+        alpn = info.alpn.as_deref().unwrap_or("-"), resumed = info.resumed, "handshake done");
+
+    let Some(suite) = tls.negotiated_suite() else {
+        return CloseReason::ServerTlsError;
+    };
+    let mut offload = offload::decide(svc.ktls, rt.config.kernel_tls.as_ref(), suite);
+    let mut peer_closed = peer_closed;
+    if let Offload::Kernel { .. } = offload {
+        let finish = ktls_relay::finish_partial_record(&remote, &mut tls, &mut bufs);
+        match tokio::time::timeout(svc.tunables.handshake_timeout, finish).await {
+            Ok(Ok(closed)) => peer_closed |= closed,
+            Ok(Err(reason)) => return swapped(reason),
+            Err(_) => return CloseReason::HandshakeTimeout,
+        }
+        if !bufs.out.is_empty()
+            && flush(&remote, &mut bufs.out, &mut bufs.out_spare)
+                .await
+                .is_err()
+        {
+            return CloseReason::BackendIoError;
+        }
+        if let Err(e) = ktls::attach_ulp(&remote) {
+            offload = Offload::Userspace(UserspaceReason::InstallFailed(
+                e.raw_os_error().unwrap_or(0),
+            ));
+        }
+    }
+    count_offload(ctx, offload);
+    let established = Established {
+        tls,
+        bufs,
+        peer_closed,
+    };
+    let reason = match offload {
+        Offload::Kernel { .. } => {
+            info!(worker = ctx.id, service = %svc.name, %peer, offload = %"ktls", "offload");
+            ktls_relay::run(ctx, svc, &remote, local, established, tally).await
+        }
+        Offload::Userspace(why) => {
+            info!(worker = ctx.id, service = %svc.name, %peer, offload = %"userspace", reason = %why, "offload");
+            relay(ctx, svc, &remote, local, established, tally).await
+        }
+    };
+    let _ = remote.shutdown(Shutdown::Both);
+    swapped(reason)
+}
