@@ -300,6 +300,50 @@ fn ktls_with_ticket_resumption() {
     );
 }
 
+/// Client mode on kTLS too: the gateway pair with both proxies offloading, 8 MiB each way,
+/// and the second connection resuming with a ticket the client side may have received
+/// after its hand-off (rustls's KernelConnection takes it).
+#[test]
+fn ktls_gateway_pair_with_client_mode_offloaded_and_resumed() {
+    if !have_ktls("ktls_gateway_pair_with_client_mode_offloaded_and_resumed") {
+        return;
+    }
+    let env = TestEnv::new();
+    let echo = Backend::echo();
+    let server = ktls_proxy(&env, echo.addr);
+    let toml = format!(
+        "[global]\nworkers = 1\npin = false\n[[service]]\nmode = \"client\"\nlisten = \"127.0.0.1:0\"\nbackend = \"{}\"\nserver_name = \"localhost\"\nca = {}\nktls = \"on\"\n",
+        server.addr(),
+        toml_path(&env.ca_pem)
+    );
+    let path = env.write_file("client.toml", &toml);
+    let client = Proxy::start(["serve".as_ref(), "--config".as_ref(), path.as_os_str()]);
+    for round in 0..2u8 {
+        let data: Vec<u8> = (0..8usize << 20).map(|i| (i % 251) as u8 ^ round).collect();
+        let mut app = TcpStream::connect(client.addr()).unwrap();
+        app.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        let mut writer = app.try_clone().unwrap();
+        let sent = data.clone();
+        let t = std::thread::spawn(move || {
+            writer.write_all(&sent).unwrap();
+            writer.shutdown(Shutdown::Write).unwrap();
+        });
+        let mut got = Vec::new();
+        app.read_to_end(&mut got).unwrap();
+        t.join().unwrap();
+        assert!(got == data, "round {round}: {} bytes back", got.len());
+    }
+    for (proxy, name) in [(&client, "client mode"), (&server, "server mode")] {
+        assert!(
+            proxy.wait_for_log_count("offload=ktls", 2, Duration::from_secs(5)),
+            "{name}: {}",
+            proxy.log()
+        );
+    }
+    let stats = worker_stats(&server, 1);
+    assert_eq!(num(stats.values().next().unwrap(), "handshakes_resumed"), 1);
+}
+
 #[test]
 fn ktls_no_fd_or_pipe_leak_after_2000_connections() {
     if !have_ktls("ktls_no_fd_or_pipe_leak_after_2000_connections") {
