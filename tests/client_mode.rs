@@ -286,3 +286,86 @@ fn mode_settings_are_checked_where_they_are_written() {
     assert!(out.stderr.contains("service[0].client_auth"), "{out:?}");
     assert!(out.stderr.contains("line 7"), "{out:?}");
 }
+
+/// Re-encryption: a server-mode tlsfront whose backend speaks TLS as well
+/// (`backend_tls = true`), verified against `backend_ca` or pinned by `backend_pin`.
+fn reencrypting_front(env: &TestEnv, backend: SocketAddr, lines: &[&str]) -> Proxy {
+    let mut builder = env.config(backend).service("backend_tls = true");
+    for l in lines {
+        builder = builder.service(l);
+    }
+    builder.start()
+}
+
+#[test]
+fn reencryption_verifies_the_backend_and_carries_bytes_exactly() {
+    let env = TestEnv::new();
+    let echo = Backend::echo();
+    let tls_backend = env.config(echo.addr).start();
+    let ca = format!("backend_ca = {}", toml_path(&env.ca_pem));
+    let front = reencrypting_front(
+        &env,
+        tls_backend.addr(),
+        &[&ca, "backend_server_name = \"localhost\""],
+    );
+    let mut tls = tls_connect_ok(front.addr(), &env.client());
+    let data = pattern(1 << 20, 7);
+    assert_echo(&mut tls, &data, "1 MiB through two TLS hops");
+    close_session(&mut tls, Duration::from_secs(10));
+    assert!(
+        front.wait_for_log("offload=userspace reason=reencrypt", Duration::from_secs(5)),
+        "{}",
+        front.log()
+    );
+    assert!(
+        front.wait_for_log("reason=done", Duration::from_secs(10)),
+        "{}",
+        front.log()
+    );
+    assert_eq!(echo.connections(), 1);
+
+    // A pin of the backend's key instead of a CA.
+    let pin = sha256_hex(common::pki::spki_der(&env.leaf_der));
+    let pinned = reencrypting_front(
+        &env,
+        tls_backend.addr(),
+        &[&format!("backend_pin = [\"{pin}\"]")],
+    );
+    let mut tls = tls_connect_ok(pinned.addr(), &env.client());
+    assert_echo(&mut tls, b"pinned\n", "pinned backend");
+}
+
+#[test]
+fn reencryption_refuses_a_backend_with_the_wrong_certificate() {
+    let env = TestEnv::new();
+    let echo = Backend::echo();
+    let tls_backend = env.config(echo.addr).start();
+    let other = TestEnv::new();
+    let wrong_ca = reencrypting_front(
+        &env,
+        tls_backend.addr(),
+        &[&format!("backend_ca = {}", toml_path(&other.ca_pem))],
+    );
+    let wrong_pin = reencrypting_front(
+        &env,
+        tls_backend.addr(),
+        &[&format!("backend_pin = [\"{}\"]", "ab".repeat(32))],
+    );
+    for (front, what) in [(&wrong_ca, "unknown CA"), (&wrong_pin, "wrong pin")] {
+        let mut tls = tls_connect_ok(front.addr(), &env.client());
+        let _ = tls.write_all(b"secret\n");
+        let mut buf = Vec::new();
+        let _ = tls.read_to_end(&mut buf);
+        assert!(buf.is_empty(), "{what}: data came back");
+        assert!(
+            front.wait_for_log("reason=backend_cert_invalid", Duration::from_secs(10)),
+            "{what}: {}",
+            front.log()
+        );
+    }
+    assert_eq!(
+        echo.connections(),
+        0,
+        "nothing reached the plaintext service"
+    );
+}

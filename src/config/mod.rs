@@ -192,6 +192,8 @@ pub struct Route {
     pub upstreams: Vec<Upstream>,
     /// Send a PROXY protocol header (this version) to the backend first.
     pub proxy_protocol: Option<ProxyVersion>,
+    /// `backend_tls`: the backend speaks TLS too (re-encryption).
+    pub backend_tls: Option<ClientSide>,
 }
 
 impl Route {
@@ -731,6 +733,10 @@ impl Builder<'_> {
             ("ticket_secret_file", raw.ticket_secret_file.is_some()),
             ("ticket_rotation", raw.ticket_rotation.is_some()),
             ("ticket_lifetime", raw.ticket_lifetime.is_some()),
+            ("backend_tls", raw.backend_tls.is_some()),
+            ("backend_server_name", raw.backend_server_name.is_some()),
+            ("backend_ca", raw.backend_ca.is_some()),
+            ("backend_pin", raw.backend_pin.is_some()),
         ];
         if let Some((key, _)) = server_only.iter().find(|(_, set)| *set) {
             return Err(self.err(
@@ -748,10 +754,7 @@ impl Builder<'_> {
             ));
         };
         let backend = self.backend(sec, value)?;
-        let first = match value {
-            BackendValue::One(t) => t.as_str(),
-            BackendValue::Pool(list) => list.first().map_or("", String::as_str),
-        };
+        let first = first_backend(Some(value));
         let server_name = match &raw.server_name {
             Some(n) => rustls::pki_types::ServerName::try_from(n.trim().to_owned())
                 .map_err(|e| self.err(sec, "server_name", format!("{n:?}: {e}")))?,
@@ -784,7 +787,7 @@ impl Builder<'_> {
         };
         let config = tls::build_client_config(
             &policy,
-            store,
+            tls::ServerTrust::Roots(store),
             identity.as_ref().map(|(c, k)| (c.as_path(), k.as_path())),
         )
         .map_err(|e| {
@@ -817,6 +820,7 @@ impl Builder<'_> {
                     identity: Allow::default(),
                 }],
                 proxy_protocol: None,
+                backend_tls: None,
             }],
             default_route: Some(0),
             tunables: self.tunables(sec, raw)?,
@@ -869,6 +873,7 @@ impl Builder<'_> {
             sni: Vec::new(),
             alpn_match: Vec::new(),
             tls: Some(tls),
+            backend_tls: self.backend_tls(sec, raw, first_backend(raw.backend.as_ref()))?,
             upstreams,
             proxy_protocol: self.proxy_protocol(sec, raw)?,
         })
@@ -913,7 +918,7 @@ impl Builder<'_> {
             alpn_match.push(proto.as_bytes().to_vec());
         }
         let name = r.name.clone().unwrap_or_else(|| names[0].clone());
-        let Some(backend) = &r.backend else {
+        let Some(backend_value) = &r.backend else {
             return Err(self.err_here(
                 sec,
                 "backend",
@@ -921,7 +926,7 @@ impl Builder<'_> {
             ));
         };
         let eff = overlay(raw, r);
-        let backend = self.backend(sec, backend)?;
+        let backend = self.backend(sec, backend_value)?;
         let proxy_protocol = self.proxy_protocol(sec, &eff)?;
         if r.passthrough == Some(true) {
             const TLS_KEYS: &[&str] = &[
@@ -941,6 +946,10 @@ impl Builder<'_> {
                 "allow_uri",
                 "allow_spki",
                 "by_identity",
+                "backend_tls",
+                "backend_server_name",
+                "backend_ca",
+                "backend_pin",
             ];
             if let Some(key) = TLS_KEYS
                 .iter()
@@ -964,6 +973,7 @@ impl Builder<'_> {
                     identity: Allow::default(),
                 }],
                 proxy_protocol,
+                backend_tls: None,
             });
         }
         let cert = eff.cert.as_ref().map(|c| (c, "cert"));
@@ -984,6 +994,7 @@ impl Builder<'_> {
             sni,
             alpn_match,
             tls: Some(tls),
+            backend_tls: self.backend_tls(sec, &eff, first_backend(Some(backend_value)))?,
             upstreams,
             proxy_protocol,
         })
@@ -1152,6 +1163,74 @@ impl Builder<'_> {
         let mut context = [0; CONTEXT_LEN];
         context.copy_from_slice(&digest.as_ref()[..CONTEXT_LEN]);
         context
+    }
+
+    /// `backend_tls` and its keys: how the backend's TLS is verified (re-encryption).
+    fn backend_tls(
+        &self,
+        sec: Section,
+        eff: &ServiceSection,
+        first_backend: &str,
+    ) -> Result<Option<ClientSide>, ConfigError> {
+        if eff.backend_tls != Some(true) {
+            for (key, set) in [
+                ("backend_server_name", eff.backend_server_name.is_some()),
+                ("backend_ca", eff.backend_ca.is_some()),
+                ("backend_pin", eff.backend_pin.is_some()),
+            ] {
+                if set {
+                    return Err(self.err(sec, key, "only used with backend_tls = true"));
+                }
+            }
+            return Ok(None);
+        }
+        let server_name = match &eff.backend_server_name {
+            Some(n) => rustls::pki_types::ServerName::try_from(n.trim().to_owned())
+                .map_err(|e| self.err(sec, "backend_server_name", format!("{n:?}: {e}")))?,
+            None => host_of(first_backend)
+                .and_then(|h| rustls::pki_types::ServerName::try_from(h.to_owned()).ok())
+                .ok_or_else(|| {
+                    self.err(
+                        sec,
+                        "backend_server_name",
+                        "missing: the name the backend's certificate must carry",
+                    )
+                })?,
+        };
+        let trust = match &eff.backend_pin {
+            Some(pins) => {
+                if eff.backend_ca.is_some() {
+                    return Err(self.err(
+                        sec,
+                        "backend_pin",
+                        "use either backend_pin (the key is the identity) or backend_ca",
+                    ));
+                }
+                let pins = pins
+                    .iter()
+                    .map(|p| Allow::parse_spki_pin(p).map_err(|e| self.err(sec, "backend_pin", e)))
+                    .collect::<Result<Vec<_>, _>>()?;
+                if pins.is_empty() {
+                    return Err(self.err(sec, "backend_pin", "must list at least one pin"));
+                }
+                tls::ServerTrust::Pins(pins)
+            }
+            None => {
+                let roots = match eff.backend_ca.as_deref() {
+                    None | Some("system") => tls::Roots::System,
+                    Some(path) => tls::Roots::File(self.relative(path)),
+                };
+                tls::ServerTrust::Roots(
+                    tls::load_roots(&roots).map_err(|e| self.err(sec, "backend_ca", e))?,
+                )
+            }
+        };
+        let config = tls::build_client_config(&TlsPolicy::default(), trust, None)
+            .map_err(|e| self.err(sec, "backend_tls", e.message))?;
+        Ok(Some(ClientSide {
+            config: Arc::new(config),
+            server_name,
+        }))
     }
 
     /// `client_auth`, `client_ca`, `client_crl` and the `allow_*` lists.
@@ -1586,6 +1665,10 @@ fn overlay(service: &ServiceSection, r: &RouteSection) -> ServiceSection {
         health_retry: pick(&r.health_retry, &s.health_retry),
         health_check: pick(&r.health_check, &s.health_check),
         proxy_protocol: pick(&r.proxy_protocol, &s.proxy_protocol),
+        backend_tls: pick(&r.backend_tls, &s.backend_tls),
+        backend_server_name: pick(&r.backend_server_name, &s.backend_server_name),
+        backend_ca: pick(&r.backend_ca, &s.backend_ca),
+        backend_pin: pick(&r.backend_pin, &s.backend_pin),
         // A certificate and its key come as a pair, and so do the allow lists.
         cert: if own_cert {
             r.cert.clone()
@@ -1613,6 +1696,15 @@ fn overlay(service: &ServiceSection, r: &RouteSection) -> ServiceSection {
         route: Vec::new(),
         by_identity: Vec::new(),
         ..service.clone()
+    }
+}
+
+/// The text of the first backend address (for a default TLS server name).
+fn first_backend(value: Option<&BackendValue>) -> &str {
+    match value {
+        Some(BackendValue::One(t)) => t.as_str(),
+        Some(BackendValue::Pool(list)) => list.first().map_or("", String::as_str),
+        None => "",
     }
 }
 

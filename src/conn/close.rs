@@ -55,6 +55,10 @@ pub enum CloseReason {
     /// Client mode: the TLS handshake with the server failed otherwise (alert, no common
     /// version or suite).
     ServerTlsError,
+    /// Re-encryption: the backend's certificate did not verify (or match its pin).
+    BackendCertInvalid,
+    /// Re-encryption: the TLS handshake with the backend failed otherwise.
+    BackendTlsError,
 }
 
 impl CloseReason {
@@ -88,6 +92,8 @@ impl CloseReason {
             CloseReason::ServerEofNoCloseNotify => "server_eof_without_close_notify",
             CloseReason::ServerCertInvalid => "server_cert_invalid",
             CloseReason::ServerTlsError => "server_tls_error",
+            CloseReason::BackendCertInvalid => "backend_cert_invalid",
+            CloseReason::BackendTlsError => "backend_tls_error",
         }
     }
 

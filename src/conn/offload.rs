@@ -16,6 +16,8 @@ pub enum UserspaceReason {
     CipherUnsupported,
     /// Attaching the TLS ULP to this socket failed with this errno.
     InstallFailed(i32),
+    /// The backend is TLS too (re-encryption): the relay decrypts and encrypts itself.
+    Reencrypt,
 }
 
 impl fmt::Display for UserspaceReason {
@@ -25,6 +27,7 @@ impl fmt::Display for UserspaceReason {
             UserspaceReason::KernelLacksTlsUlp => f.write_str("kernel_lacks_tls_ulp"),
             UserspaceReason::CipherUnsupported => f.write_str("cipher_unsupported"),
             UserspaceReason::InstallFailed(errno) => write!(f, "install_failed:{errno}"),
+            UserspaceReason::Reencrypt => f.write_str("reencrypt"),
         }
     }
 }

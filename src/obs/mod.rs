@@ -74,6 +74,8 @@ counters! {
     offload_userspace_cipher_unsupported,
     /// ... because attaching the TLS ULP to the socket failed.
     offload_userspace_install_failed,
+    /// ... because the backend is TLS as well (re-encryption).
+    offload_userspace_reencrypt,
     /// Bytes moved client → backend by splice (the zero-copy path).
     spliced_client_to_backend,
     /// Bytes moved backend → client by splice.

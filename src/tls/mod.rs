@@ -537,6 +537,66 @@ pub fn load_roots(roots: &Roots) -> Result<rustls::RootCertStore, String> {
     Ok(store)
 }
 
+/// How a client decides that the server is the right one.
+pub enum ServerTrust {
+    /// A chain to one of these roots, for the server name.
+    Roots(rustls::RootCertStore),
+    /// The leaf's SubjectPublicKeyInfo has one of these SHA-256 digests (no CA, no name:
+    /// a pinned key is the identity), and the handshake signature verifies with it.
+    Pins(Vec<[u8; 32]>),
+}
+
+/// The verifier for [`ServerTrust::Pins`].
+#[derive(Debug)]
+struct PinnedServer {
+    pins: Vec<[u8; 32]>,
+    algorithms: rustls::crypto::WebPkiSupportedAlgorithms,
+}
+
+impl rustls::client::danger::ServerCertVerifier for PinnedServer {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let id = client_auth::Identity::from_der(end_entity.as_ref()).map_err(|_| {
+            rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding)
+        })?;
+        if self.pins.contains(&id.spki_sha256) {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
 /// The client certificate a client-mode service presents when the server asks.
 #[derive(Debug)]
 struct ClientIdentity(Arc<CertifiedKey>);
@@ -559,7 +619,7 @@ impl rustls::client::ResolvesClientCert for ClientIdentity {
 /// suites, groups and ALPN; the given roots; a client certificate when `identity` is set.
 pub fn build_client_config(
     policy: &TlsPolicy,
-    roots: rustls::RootCertStore,
+    trust: ServerTrust,
     identity: Option<(&Path, &Path)>,
 ) -> Result<rustls::ClientConfig, PolicyError> {
     let provider = CryptoProvider {
@@ -586,6 +646,7 @@ pub fn build_client_config(
         Some((cert, key)) => Some(load_certified_key(cert, key, &provider)?),
         None => None,
     };
+    let algorithms = provider.signature_verification_algorithms;
     let builder = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
         .with_protocol_versions(&versions)
         .or_else(|e| {
@@ -593,8 +654,13 @@ pub fn build_client_config(
                 PolicyField::Versions,
                 format!("inconsistent TLS policy: {e}"),
             )
-        })?
-        .with_root_certificates(roots);
+        })?;
+    let builder = match trust {
+        ServerTrust::Roots(roots) => builder.with_root_certificates(roots),
+        ServerTrust::Pins(pins) => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(PinnedServer { pins, algorithms })),
+    };
     let mut config = match identity {
         Some(certified) => {
             builder.with_client_cert_resolver(Arc::new(ClientIdentity(Arc::new(certified))))

@@ -18,6 +18,7 @@ use tracing::{debug, info, warn};
 use super::connection::{
     connect_upstream, count_offload, flush, handshake, relay, Buffers, Established, Slot, Tally,
 };
+use super::plain_end::PlainEnd;
 use super::{ktls_relay, ServiceRt, WorkerCtx};
 use crate::conn::close::CloseReason;
 use crate::conn::offload::{self, Offload, UserspaceReason};
@@ -171,7 +172,7 @@ async fn run(
         }
         Offload::Userspace(why) => {
             info!(worker = ctx.id, service = %svc.name, %peer, offload = %"userspace", reason = %why, "offload");
-            relay(ctx, svc, &remote, local, established, tally).await
+            relay(ctx, svc, &remote, PlainEnd::Tcp(local), established, tally).await
         }
     };
     let _ = remote.shutdown(Shutdown::Both);

@@ -21,13 +21,16 @@ use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::TcpStream;
 use tracing::{debug, info, warn};
 
+use super::plain_end::{PlainEnd, TlsEnd};
 use super::{ktls_relay, passthrough, ServiceRt, WorkerCtx};
 use crate::config::{Route, Service};
 use crate::conn::client_hello::{self, Peek};
 use crate::conn::close::CloseReason;
 use crate::conn::offload::{self, Offload, UserspaceReason};
 use crate::conn::proxy_in::{self, Inbound};
-use crate::conn::tls::{out_capacity, OutBuf, ServerTls, Side, Tls, TlsError, MAX_RECORD_WIRE};
+use crate::conn::tls::{
+    out_capacity, ClientTls, OutBuf, ServerTls, Side, Tls, TlsError, MAX_RECORD_WIRE,
+};
 use crate::io::connect::{self, ConnectError};
 use crate::io::ktls;
 use crate::io::sockopt;
@@ -261,7 +264,11 @@ async fn run(
     let Some(suite) = tls.negotiated_suite() else {
         return CloseReason::TlsError;
     };
-    let mut offload = offload::decide(svc.ktls, rt.config.kernel_tls.as_ref(), suite);
+    let mut offload = if route_cfg.backend_tls.is_some() {
+        Offload::Userspace(UserspaceReason::Reencrypt)
+    } else {
+        offload::decide(svc.ktls, rt.config.kernel_tls.as_ref(), suite)
+    };
     let mut peer_closed = peer_closed;
     if let Offload::Kernel { .. } = offload {
         // The kernel must start at a record boundary.
@@ -314,6 +321,18 @@ async fn run(
         return reason;
     }
 
+    // Re-encryption: the backend's own TLS handshake, verified as configured.
+    let backend_tls = match backend_handshake(ctx, rt, route, &backend).await {
+        Ok(b) => b,
+        Err(reason) => {
+            if tls.close_notify(&mut bufs.incoming, &mut bufs.out).is_ok() {
+                let _ = flush(client, &mut bufs.out, &mut bufs.out_spare).await;
+            }
+            let _ = client.shutdown(Shutdown::Write);
+            return reason;
+        }
+    };
+
     if let Offload::Kernel { .. } = offload {
         if let Err(e) = ktls::attach_ulp(client) {
             offload = Offload::Userspace(UserspaceReason::InstallFailed(
@@ -340,10 +359,69 @@ async fn run(
         Offload::Kernel { .. } => {
             ktls_relay::run(ctx, svc, client, &backend, established, tally).await
         }
-        Offload::Userspace(_) => relay(ctx, svc, client, &backend, established, tally).await,
+        Offload::Userspace(_) => match &backend_tls {
+            Some(end) => relay(ctx, svc, client, PlainEnd::Tls(end), established, tally).await,
+            None => {
+                relay(
+                    ctx,
+                    svc,
+                    client,
+                    PlainEnd::Tcp(&backend),
+                    established,
+                    tally,
+                )
+                .await
+            }
+        },
     };
     let _ = backend.shutdown(Shutdown::Both);
     reason
+}
+
+/// The TLS handshake with a re-encrypting route's backend (`None` for a plaintext one).
+async fn backend_handshake<'b>(
+    ctx: &WorkerCtx,
+    rt: &ServiceRt,
+    route: usize,
+    backend: &'b TcpStream,
+) -> Result<Option<TlsEnd<'b>>, CloseReason> {
+    let svc = rt.svc();
+    let (Some(side), Some(config)) = (
+        &svc.routes[route].backend_tls,
+        &rt.routes[route].backend_tls,
+    ) else {
+        return Ok(None);
+    };
+    let mut tls = ClientTls::new(config.clone(), side.server_name.clone())
+        .map_err(|_| CloseReason::BackendTlsError)?;
+    let mut bufs = Buffers::new(svc.tunables.buffer_size);
+    let done = tokio::time::timeout(
+        svc.tunables.handshake_timeout,
+        handshake(backend, &mut tls, &mut bufs),
+    )
+    .await;
+    match done {
+        Ok(Ok(_)) => {
+            debug!(worker = ctx.id, service = %svc.name, version = tls.info().version, "backend TLS handshake done");
+            Ok(Some(TlsEnd::new(backend, tls, bufs.incoming, bufs.out)))
+        }
+        Ok(Err(reason)) => {
+            let reason = match tls.last_error() {
+                Some(rustls::Error::InvalidCertificate(e)) => {
+                    warn!(worker = ctx.id, service = %svc.name, server = ?side.server_name, error = ?e, "backend certificate refused");
+                    CloseReason::BackendCertInvalid
+                }
+                Some(e) => {
+                    warn!(worker = ctx.id, service = %svc.name, error = %e, "backend TLS handshake failed");
+                    CloseReason::BackendTlsError
+                }
+                None if reason == CloseReason::HandshakeEof => CloseReason::BackendTlsError,
+                None => reason,
+            };
+            Err(reason)
+        }
+        Err(_) => Err(CloseReason::BackendTlsError),
+    }
 }
 
 /// A pass-through route: the ClientHello (still in `bufs.incoming`) and everything after it
@@ -524,6 +602,7 @@ pub(super) fn count_offload(ctx: &WorkerCtx, offload: Offload) {
         Offload::Userspace(UserspaceReason::InstallFailed(_)) => {
             &s.offload_userspace_install_failed
         }
+        Offload::Userspace(UserspaceReason::Reencrypt) => &s.offload_userspace_reencrypt,
     });
 }
 
@@ -739,7 +818,7 @@ struct Shared<S: Side> {
 
 struct Relay<'a, S: Side> {
     client: &'a TcpStream,
-    backend: &'a TcpStream,
+    backend: PlainEnd<'a>,
     shared: RefCell<Shared<S>>,
     /// `out` has bytes (or an end) for the client writer.
     wake_writer: Notify,
@@ -764,7 +843,7 @@ pub(super) async fn relay<S: Side>(
     ctx: &WorkerCtx,
     svc: &Service,
     client: &TcpStream,
-    backend: &TcpStream,
+    backend: PlainEnd<'_>,
     established: Established<S>,
     tally: &Tally,
 ) -> CloseReason {
@@ -865,7 +944,7 @@ impl<S: Side> Relay<'_, S> {
                 self.touch();
             }
             if peer_closed {
-                let _ = self.backend.shutdown(Shutdown::Write);
+                self.backend.shutdown_write().await;
                 return Ok(CloseReason::Done);
             }
             let progress = {
@@ -914,7 +993,7 @@ impl<S: Side> Relay<'_, S> {
             next = buf;
             match res {
                 Ok(0) => {
-                    let _ = self.backend.shutdown(Shutdown::Write);
+                    self.backend.shutdown_write().await;
                     return Ok(CloseReason::ClientEofNoCloseNotify);
                 }
                 Ok(_) => {

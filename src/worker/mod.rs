@@ -6,6 +6,7 @@ mod client_mode;
 mod connection;
 mod ktls_relay;
 mod passthrough;
+mod plain_end;
 
 use std::cell::{Cell, RefCell};
 use std::net::{SocketAddr, TcpListener as StdListener};
@@ -98,6 +99,8 @@ pub(crate) struct RouteRt {
     /// This worker's view of each upstream's backends (balancing, passive health), in the
     /// route's upstream order.
     pub pools: Vec<crate::route::pool::Pool>,
+    /// Re-encryption: this worker's client config toward the backend (its own tickets).
+    pub backend_tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl ServiceRt {
@@ -134,10 +137,14 @@ impl ServiceRt {
                     .iter()
                     .map(|u| crate::route::pool::Pool::new(u.backend.addrs().len().max(1), u.pool))
                     .collect();
+                let backend_tls = route.backend_tls.as_ref().map(|b| {
+                    crate::tls::per_worker_client_config(&b.config, svc.session_cache_size, false)
+                });
                 RouteRt {
                     tls,
                     tls_chacha_first,
                     pools,
+                    backend_tls,
                 }
             })
             .collect();
