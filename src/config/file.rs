@@ -43,6 +43,9 @@ pub struct ServiceSection {
     pub mode: Option<String>,
     pub server_name: Option<String>,
     pub ca: Option<String>,
+    pub starttls: Option<String>,
+    pub starttls_timeout: Option<DurationValue>,
+    pub chat: Option<Vec<ChatStepValue>>,
     pub listen: Option<String>,
     pub backend: Option<BackendValue>,
     pub backend_tls: Option<bool>,
@@ -147,6 +150,14 @@ pub struct IdentitySection {
     pub health_fail_after: Option<u32>,
     pub health_retry: Option<DurationValue>,
     pub health_check: Option<DurationValue>,
+}
+
+/// One `chat = [{ expect = ".." }, { send = "..\\r\\n" }]` step.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChatStepValue {
+    pub expect: Option<String>,
+    pub send: Option<String>,
 }
 
 /// A string or a list of strings (`sni = "a.example"` or `sni = ["a.example", "*.b.example"]`).

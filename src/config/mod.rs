@@ -20,6 +20,7 @@ use file::{
 };
 use locate::{Locator, Section};
 
+use crate::conn::starttls::{unescape, ChatStep, Protocol};
 use crate::io::ktls::{self, KernelSupport};
 use crate::route::pool::{Balance, PoolPolicy, MAX_BACKENDS};
 use crate::route::proxy_header::ProxyVersion;
@@ -149,6 +150,8 @@ pub struct ClientSide {
     pub config: Arc<rustls::ClientConfig>,
     /// SNI and the name the server's certificate must carry.
     pub server_name: rustls::pki_types::ServerName<'static>,
+    /// `starttls`: the plaintext opening before the handshake, and its per-step timeout.
+    pub starttls: Option<(Protocol, Duration)>,
 }
 
 impl Service {
@@ -345,6 +348,8 @@ pub const MAX_BUFFER: usize = 16 << 20;
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
 pub const DEFAULT_DRAIN: Duration = Duration::from_secs(30);
 pub const DEFAULT_SESSION_CACHE: usize = 1024;
+/// How long each step of a STARTTLS opening may take.
+pub const DEFAULT_STARTTLS_TIMEOUT: Duration = Duration::from_secs(10);
 /// Owner and group may ask the identity socket; others may not.
 pub const DEFAULT_IDENTITY_SOCKET_MODE: u32 = 0o660;
 pub const DEFAULT_TICKET_LIFETIME: Duration = Duration::from_secs(6 * 3600);
@@ -645,6 +650,9 @@ impl Builder<'_> {
         for (key, set) in [
             ("server_name", raw.server_name.is_some()),
             ("ca", raw.ca.is_some()),
+            ("starttls", raw.starttls.is_some()),
+            ("starttls_timeout", raw.starttls_timeout.is_some()),
+            ("chat", raw.chat.is_some()),
         ] {
             if set {
                 return Err(self.err(
@@ -805,6 +813,7 @@ impl Builder<'_> {
             Some(false) => 0,
             _ => raw.session_cache_size.unwrap_or(DEFAULT_SESSION_CACHE),
         };
+        let starttls = self.starttls(sec, raw)?;
         Ok(Service {
             name: name.clone(),
             listen,
@@ -832,6 +841,7 @@ impl Builder<'_> {
             client: Some(ClientSide {
                 config: Arc::new(config),
                 server_name,
+                starttls,
             }),
         })
     }
@@ -1165,6 +1175,72 @@ impl Builder<'_> {
         context
     }
 
+    /// `starttls`, `chat` and `starttls_timeout` (client mode).
+    fn starttls(
+        &self,
+        sec: Section,
+        raw: &ServiceSection,
+    ) -> Result<Option<(Protocol, Duration)>, ConfigError> {
+        let timeout = raw
+            .starttls_timeout
+            .map_or(DEFAULT_STARTTLS_TIMEOUT, |d| d.0);
+        if timeout.is_zero() {
+            return Err(self.err(sec, "starttls_timeout", "must be greater than zero"));
+        }
+        let protocol = match raw.starttls.as_deref() {
+            None => {
+                for (key, set) in [
+                    ("chat", raw.chat.is_some()),
+                    ("starttls_timeout", raw.starttls_timeout.is_some()),
+                ] {
+                    if set {
+                        return Err(self.err(sec, key, "only used with starttls"));
+                    }
+                }
+                return Ok(None);
+            }
+            Some("chat") => {
+                let Some(steps) = raw.chat.as_ref().filter(|s| !s.is_empty()) else {
+                    return Err(self.err(
+                        sec,
+                        "chat",
+                        "starttls = \"chat\" needs its steps: chat = [{ expect = \"220\" }, \
+                         { send = \"STARTTLS\\r\\n\" }, ...]",
+                    ));
+                };
+                let mut script = Vec::with_capacity(steps.len());
+                for (n, step) in steps.iter().enumerate() {
+                    let parsed = match (&step.expect, &step.send) {
+                        (Some(e), None) => unescape(e).map(ChatStep::Expect),
+                        (None, Some(s)) => unescape(s).map(ChatStep::Send),
+                        _ => Err("each step has exactly one of expect or send".to_owned()),
+                    };
+                    script.push(
+                        parsed
+                            .map_err(|e| self.err(sec, "chat", format!("step {}: {e}", n + 1)))?,
+                    );
+                }
+                Protocol::Chat(script)
+            }
+            Some(name) => {
+                if raw.chat.is_some() {
+                    return Err(self.err(sec, "chat", "only used with starttls = \"chat\""));
+                }
+                Protocol::parse(name).ok_or_else(|| {
+                    self.err(
+                        sec,
+                        "starttls",
+                        format!(
+                            "unknown protocol {name:?}; known: {}",
+                            Protocol::NAMES.join(", ")
+                        ),
+                    )
+                })?
+            }
+        };
+        Ok(Some((protocol, timeout)))
+    }
+
     /// `backend_tls` and its keys: how the backend's TLS is verified (re-encryption).
     fn backend_tls(
         &self,
@@ -1230,6 +1306,7 @@ impl Builder<'_> {
         Ok(Some(ClientSide {
             config: Arc::new(config),
             server_name,
+            starttls: None,
         }))
     }
 

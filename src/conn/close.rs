@@ -59,6 +59,9 @@ pub enum CloseReason {
     BackendCertInvalid,
     /// Re-encryption: the TLS handshake with the backend failed otherwise.
     BackendTlsError,
+    /// Client mode with `starttls`: the server did not offer or refused STARTTLS, broke
+    /// the protocol, or a step timed out.
+    StarttlsFailed,
 }
 
 impl CloseReason {
@@ -94,6 +97,7 @@ impl CloseReason {
             CloseReason::ServerTlsError => "server_tls_error",
             CloseReason::BackendCertInvalid => "backend_cert_invalid",
             CloseReason::BackendTlsError => "backend_tls_error",
+            CloseReason::StarttlsFailed => "starttls_failed",
         }
     }
 

@@ -10,7 +10,9 @@
 
 use std::net::{Shutdown, SocketAddr};
 use std::rc::Rc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use rustls::pki_types::ServerName;
 
 use tokio_uring::net::TcpStream;
 use tracing::{debug, info, warn};
@@ -20,8 +22,10 @@ use super::connection::{
 };
 use super::plain_end::PlainEnd;
 use super::{ktls_relay, ServiceRt, WorkerCtx};
+use crate::config::ClientSide;
 use crate::conn::close::CloseReason;
 use crate::conn::offload::{self, Offload, UserspaceReason};
+use crate::conn::starttls::{Dialogue, Next, Protocol};
 use crate::conn::tls::ClientTls;
 use crate::io::{ktls, sockopt};
 use crate::obs;
@@ -87,6 +91,13 @@ async fn run(
         Ok(connected) => connected,
         Err(reason) => return reason,
     };
+    if let Some((protocol, step_timeout)) = &client.starttls {
+        if let Err(why) = starttls(&remote, protocol, client, *step_timeout).await {
+            warn!(worker = ctx.id, service = %svc.name, %peer, error = %why, "STARTTLS with the server failed");
+            let _ = remote.shutdown(Shutdown::Both);
+            return CloseReason::StarttlsFailed;
+        }
+    }
     let mut tls = match ClientTls::new(config.clone(), client.server_name.clone()) {
         Ok(t) => t,
         Err(e) => {
@@ -177,4 +188,52 @@ async fn run(
     };
     let _ = remote.shutdown(Shutdown::Both);
     swapped(reason)
+}
+
+/// Speaks the protocol's plaintext opening with the server until it agrees to start TLS.
+/// Each read waits at most `step_timeout`.
+async fn starttls(
+    remote: &TcpStream,
+    protocol: &Protocol,
+    client: &ClientSide,
+    step_timeout: Duration,
+) -> Result<(), String> {
+    // XMPP addresses the server's domain; the others name this side (an address literal,
+    // as RFC 5321 allows for EHLO).
+    let name = match (protocol, &client.server_name) {
+        (Protocol::Xmpp, ServerName::DnsName(dns)) => dns.as_ref().to_owned(),
+        _ => match sockopt::with_sockref(remote, |s| s.local_addr()) {
+            Ok(addr) => match addr.as_socket() {
+                Some(std::net::SocketAddr::V4(a)) => format!("[{}]", a.ip()),
+                Some(std::net::SocketAddr::V6(a)) => format!("[IPv6:{}]", a.ip()),
+                None => "localhost".to_owned(),
+            },
+            Err(_) => "localhost".to_owned(),
+        },
+    };
+    let mut dialogue = Dialogue::new(protocol.clone(), &name);
+    let mut buf = vec![0u8; 4096];
+    let mut got = 0;
+    loop {
+        match dialogue.received(&buf[..got]) {
+            Next::Send(bytes) => {
+                got = 0;
+                let (res, _) = remote.write_all(bytes).await;
+                res.map_err(|e| format!("writing to the server: {e}"))?;
+            }
+            Next::NeedMore => {
+                let read = tokio::time::timeout(step_timeout, remote.read(buf)).await;
+                let Ok((res, b)) = read else {
+                    return Err(format!("no answer within {step_timeout:?}"));
+                };
+                buf = b;
+                got = res.map_err(|e| format!("reading from the server: {e}"))?;
+                if got == 0 {
+                    return Err("the server closed the connection".to_owned());
+                }
+            }
+            Next::Done => return Ok(()),
+            Next::Fail(why) => return Err(why),
+        }
+    }
 }

@@ -1,0 +1,276 @@
+//! STARTTLS toward the server in client mode (`starttls = ".."`): tlsfront speaks the
+//! protocol's plaintext opening, then TLS, and the local plaintext client talks to the
+//! server inside it. Against a real SMTP server (aiosmtpd, from tests/peers/) and a custom
+//! line protocol driven by a chat script.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{mpsc, Arc};
+use std::thread;
+use std::time::Duration;
+
+use common::*;
+
+/// True when the Python peers are installed; panics when they must be (CI).
+fn have_peers(test: &str) -> bool {
+    let ok = Command::new("python3")
+        .args(["-c", "import aiosmtpd"])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        assert!(
+            std::env::var_os("TLSFRONT_REQUIRE_PEERS").is_none(),
+            "TLSFRONT_REQUIRE_PEERS is set but aiosmtpd is missing (pip install -r tests/peers/requirements.txt)"
+        );
+        eprintln!(
+            "SKIP {test}: aiosmtpd not installed (pip install -r tests/peers/requirements.txt)"
+        );
+    }
+    ok
+}
+
+/// aiosmtpd on a free port (with STARTTLS when `tls` names a cert and key); its stdout lines
+/// arrive on the receiver. Killed on drop.
+struct SmtpServer {
+    child: Child,
+    addr: SocketAddr,
+    lines: mpsc::Receiver<String>,
+}
+
+impl SmtpServer {
+    fn start(tls: Option<(&Path, &Path)>) -> SmtpServer {
+        let addr = closed_port_addr();
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/smtp_server.py");
+        let mut cmd = Command::new("python3");
+        cmd.arg(script).arg(addr.port().to_string());
+        if let Some((cert, key)) = tls {
+            cmd.arg(cert).arg(key);
+        }
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 smtp_server.py");
+        let (tx, lines) = mpsc::channel();
+        let out = BufReader::new(child.stdout.take().unwrap());
+        thread::spawn(move || {
+            for line in out.lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let ready = lines.recv_timeout(Duration::from_secs(20));
+        assert_eq!(ready.as_deref(), Ok("READY"), "aiosmtpd did not start");
+        SmtpServer { child, addr, lines }
+    }
+}
+
+impl Drop for SmtpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn client_front(env: &TestEnv, remote: SocketAddr, extra: &[&str]) -> Proxy {
+    let mut toml = format!(
+        "[global]\nworkers = 1\npin = false\n[[service]]\nname = \"out\"\nmode = \"client\"\nlisten = \"127.0.0.1:0\"\nbackend = \"{remote}\"\nserver_name = \"localhost\"\nca = {}\nstarttls_timeout = \"3s\"\n",
+        toml_path(&env.ca_pem)
+    );
+    for l in extra {
+        toml.push_str(l);
+        toml.push('\n');
+    }
+    let path = env.write_file("client.toml", &toml);
+    Proxy::start(["serve".as_ref(), "--config".as_ref(), path.as_os_str()])
+}
+
+/// Reads one SMTP reply (all its lines) and returns its code.
+fn smtp_reply(r: &mut BufReader<TcpStream>) -> u16 {
+    loop {
+        let mut line = String::new();
+        r.read_line(&mut line).expect("SMTP reply");
+        assert!(line.len() >= 4, "short SMTP reply {line:?}");
+        if line.as_bytes()[3] == b' ' {
+            return line[..3].parse().expect("reply code");
+        }
+    }
+}
+
+#[test]
+fn smtp_starttls_to_a_real_server_then_mail_goes_through_tls() {
+    if !have_peers("smtp_starttls_to_a_real_server_then_mail_goes_through_tls") {
+        return;
+    }
+    let env = TestEnv::new();
+    let server = SmtpServer::start(Some((&env.cert_pem, &env.key_pem)));
+    let front = client_front(&env, server.addr, &["starttls = \"smtp\""]);
+
+    let app = tcp_connect(front.addr()).unwrap();
+    let mut w = app.try_clone().unwrap();
+    let mut r = BufReader::new(app);
+    // Inside TLS the conversation restarts with EHLO (RFC 3207); no greeting comes first.
+    for (cmd, want) in [
+        ("EHLO app.example\r\n", 250),
+        ("MAIL FROM:<gw@example.com>\r\n", 250),
+        ("RCPT TO:<ops@example.com>\r\n", 250),
+        ("DATA\r\n", 354),
+        ("Subject: through tlsfront\r\n\r\nhello\r\n.\r\n", 250),
+        ("QUIT\r\n", 221),
+    ] {
+        w.write_all(cmd.as_bytes()).unwrap();
+        assert_eq!(smtp_reply(&mut r), want, "after {cmd:?}");
+    }
+    let message = server
+        .lines
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the server got the message");
+    assert!(message.starts_with("MESSAGE tls=True"), "{message}");
+    assert!(
+        message.contains("from=gw@example.com to=ops@example.com"),
+        "{message}"
+    );
+    // After QUIT the server closes; its end reaches the app, whose close ends the session.
+    let mut rest = Vec::new();
+    let _ = r.read_to_end(&mut rest);
+    w.shutdown(Shutdown::Write).unwrap();
+    assert!(
+        front.wait_for_log("closed", Duration::from_secs(10)),
+        "{}",
+        front.log()
+    );
+    let closed = front.log_lines("closed").remove(0);
+    let reason = field(&closed, "reason").unwrap_or("-").to_owned();
+    assert!(
+        reason == "done" || reason == "server_eof_without_close_notify",
+        "{closed}"
+    );
+}
+
+#[test]
+fn a_server_that_offers_no_starttls_closes_the_local_connection() {
+    if !have_peers("a_server_that_offers_no_starttls_closes_the_local_connection") {
+        return;
+    }
+    let env = TestEnv::new();
+    let server = SmtpServer::start(None);
+    let front = client_front(&env, server.addr, &["starttls = \"smtp\""]);
+    let mut app = tcp_connect(front.addr()).unwrap();
+    let (got, eof) = read_to_eof(&mut app);
+    assert!(got.is_empty() && eof, "nothing must reach the app: {got:?}");
+    assert!(
+        front.wait_for_log("does not offer STARTTLS", Duration::from_secs(10)),
+        "{}",
+        front.log()
+    );
+    assert!(
+        front.wait_for_log("reason=starttls_failed", Duration::from_secs(10)),
+        "{}",
+        front.log()
+    );
+}
+
+/// A line-protocol server: `HELLO v1`, waits for `TLS please`, answers `OK go`, then TLS
+/// (rustls with the test certificate) and an echo of one line. Sends what it heard before
+/// TLS on `heard`.
+fn line_server(env: &TestEnv, heard: mpsc::Sender<String>, reply: &'static str) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let config = server_config(env);
+    thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(b"HELLO v1\r\n").unwrap();
+        let mut line = Vec::new();
+        let mut byte = [0u8; 1];
+        while !line.ends_with(b"\n") {
+            if s.read(&mut byte).unwrap_or(0) == 0 {
+                return;
+            }
+            line.push(byte[0]);
+        }
+        let _ = heard.send(String::from_utf8_lossy(&line).into_owned());
+        s.write_all(reply.as_bytes()).unwrap();
+        if !reply.starts_with("OK") {
+            // Holds the connection open without agreeing: the client's step must time out.
+            thread::sleep(Duration::from_secs(6));
+            return;
+        }
+        let conn = rustls::ServerConnection::new(config).unwrap();
+        let mut tls = rustls::StreamOwned::new(conn, s);
+        let mut r = BufReader::new(&mut tls);
+        let mut msg = String::new();
+        if r.read_line(&mut msg).is_ok() {
+            let _ = tls.write_all(format!("echo {msg}").as_bytes());
+            tls.conn.send_close_notify();
+            let _ = tls.flush();
+        }
+    });
+    addr
+}
+
+fn server_config(env: &TestEnv) -> Arc<rustls::ServerConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = vec![CertificateDer::from_pem_file(&env.cert_pem).unwrap()];
+    let key = PrivateKeyDer::from_pem_file(&env.key_pem).unwrap();
+    let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    Arc::new(cfg)
+}
+
+const CHAT: &[&str] = &[
+    "starttls = \"chat\"",
+    "chat = [{ expect = \"HELLO\" }, { send = \"TLS please\\r\\n\" }, { expect = \"OK\" }]",
+];
+
+#[test]
+fn a_chat_script_opens_a_custom_line_protocol() {
+    let env = TestEnv::new();
+    let (heard_tx, heard) = mpsc::channel();
+    let server = line_server(&env, heard_tx, "OK go\r\n");
+    let front = client_front(&env, server, CHAT);
+    let mut app = tcp_connect(front.addr()).unwrap();
+    app.write_all(b"ping\n").unwrap();
+    let mut r = BufReader::new(app.try_clone().unwrap());
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    assert_eq!(line, "echo ping\n", "the app talks inside the TLS session");
+    assert_eq!(heard.recv().unwrap(), "TLS please\r\n");
+    app.shutdown(Shutdown::Write).unwrap();
+}
+
+#[test]
+fn a_chat_step_that_never_matches_times_out() {
+    let env = TestEnv::new();
+    let (heard_tx, _heard) = mpsc::channel();
+    let server = line_server(&env, heard_tx, "NO thanks\r\n");
+    let front = client_front(&env, server, CHAT);
+    let mut app = tcp_connect(front.addr()).unwrap();
+    let started = std::time::Instant::now();
+    let (got, eof) = read_to_eof(&mut app);
+    assert!(got.is_empty() && eof, "{got:?}");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(2500) && waited < Duration::from_secs(8),
+        "closed after {waited:?}; starttls_timeout is 3s"
+    );
+    assert!(
+        front.wait_for_log("reason=starttls_failed", Duration::from_secs(10)),
+        "{}",
+        front.log()
+    );
+}
