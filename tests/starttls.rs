@@ -274,3 +274,163 @@ fn a_chat_step_that_never_matches_times_out() {
         front.log()
     );
 }
+
+/// PostgreSQL from the distribution, with `ssl = on` and only `hostssl` connections allowed;
+/// run as the `postgres` user when the tests run as root. Stopped on drop.
+struct Postgres {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+fn pg_bin(name: &str) -> Option<std::path::PathBuf> {
+    let on_path = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|d| d.join(name));
+    let debian = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|v| v.path().join("bin").join(name));
+    on_path.chain(debian).find(|p| p.is_file())
+}
+
+impl Postgres {
+    fn start(env: &TestEnv) -> Option<Postgres> {
+        let (initdb, postgres) = (pg_bin("initdb")?, pg_bin("postgres")?);
+        let root = rustix::process::geteuid().is_root();
+        let dir = tempfile::Builder::new()
+            .prefix("tlsfront-pg-")
+            .tempdir()
+            .unwrap();
+        let data = dir.path().join("data");
+        let owner = if root {
+            let out = Command::new("id").args(["-u", "postgres"]).output().ok()?;
+            let uid: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().ok()?;
+            let gid = std::os::unix::fs::MetadataExt::gid(&std::fs::metadata("/").unwrap());
+            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).unwrap();
+            Some(uid)
+        } else {
+            None
+        };
+        let as_owner = |program: &Path| {
+            let mut c = if root {
+                let mut c = Command::new("runuser");
+                c.args(["-u", "postgres", "--"]).arg(program);
+                c
+            } else {
+                Command::new(program)
+            };
+            c.stdin(Stdio::null());
+            c
+        };
+        let ok = as_owner(&initdb)
+            .arg("-D")
+            .arg(&data)
+            .args(["-A", "trust", "-U", "postgres"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "initdb failed");
+        for (name, from) in [("server.crt", &env.cert_pem), ("server.key", &env.key_pem)] {
+            let to = data.join(name);
+            std::fs::copy(from, &to).unwrap();
+            std::fs::set_permissions(&to, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .unwrap();
+            if let Some(uid) = owner {
+                std::os::unix::fs::chown(&to, Some(uid), None).unwrap();
+            }
+        }
+        let port = closed_port_addr().port();
+        let conf = format!(
+            "\nport = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\nssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n",
+            data.display()
+        );
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(data.join("postgresql.conf"))
+            .unwrap();
+        f.write_all(conf.as_bytes()).unwrap();
+        // Only TLS connections: a plaintext one would be refused.
+        std::fs::write(
+            data.join("pg_hba.conf"),
+            "hostssl all all 127.0.0.1/32 trust\n",
+        )
+        .unwrap();
+        let child = as_owner(&postgres)
+            .arg("-D")
+            .arg(&data)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("postgres");
+        let pg = Postgres {
+            child,
+            port,
+            _dir: dir,
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "postgres did not start"
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
+        Some(pg)
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn psql_without_ssl_reaches_postgres_over_tls_through_tlsfront() {
+    let env = TestEnv::new();
+    let Some(psql) = pg_bin("psql") else {
+        assert!(
+            std::env::var_os("TLSFRONT_REQUIRE_PEERS").is_none(),
+            "psql missing"
+        );
+        eprintln!("SKIP: PostgreSQL is not installed");
+        return;
+    };
+    let Some(pg) = Postgres::start(&env) else {
+        assert!(
+            std::env::var_os("TLSFRONT_REQUIRE_PEERS").is_none(),
+            "postgres missing"
+        );
+        eprintln!("SKIP: PostgreSQL server is not installed");
+        return;
+    };
+    let server: SocketAddr = format!("127.0.0.1:{}", pg.port).parse().unwrap();
+    let front = client_front(&env, server, &["starttls = \"postgres\""]);
+    let query = |port: u16| {
+        Command::new(&psql)
+            .arg(format!(
+                "host=127.0.0.1 port={port} user=postgres dbname=postgres sslmode=disable connect_timeout=10"
+            ))
+            .args(["-tAc", "select ssl from pg_stat_ssl where pid = pg_backend_pid()"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("psql")
+    };
+    // Directly, without SSL, the server refuses (hostssl only)...
+    let direct = query(pg.port);
+    assert!(!direct.status.success(), "plaintext was accepted directly");
+    // ...through tlsfront the same plaintext client gets a TLS session.
+    let out = query(front.addr().port());
+    assert!(
+        out.status.success(),
+        "psql through tlsfront: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        front.log()
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "t");
+}
