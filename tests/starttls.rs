@@ -297,7 +297,8 @@ fn pg_bin(name: &str) -> Option<std::path::PathBuf> {
 }
 
 impl Postgres {
-    fn start(env: &TestEnv) -> Option<Postgres> {
+    /// With `ssl`, TLS on and only TLS clients allowed; without, plaintext only.
+    fn start(env: &TestEnv, ssl: bool) -> Option<Postgres> {
         let (initdb, postgres) = (pg_bin("initdb")?, pg_bin("postgres")?);
         let root = rustix::process::geteuid().is_root();
         let dir = tempfile::Builder::new()
@@ -345,20 +346,22 @@ impl Postgres {
         }
         let port = closed_port_addr().port();
         let conf = format!(
-            "\nport = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\nssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n",
-            data.display()
+            "\nport = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\nssl = {}\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n",
+            data.display(),
+            if ssl { "on" } else { "off" }
         );
         let mut f = std::fs::OpenOptions::new()
             .append(true)
             .open(data.join("postgresql.conf"))
             .unwrap();
         f.write_all(conf.as_bytes()).unwrap();
-        // Only TLS connections: a plaintext one would be refused.
-        std::fs::write(
-            data.join("pg_hba.conf"),
-            "hostssl all all 127.0.0.1/32 trust\n",
-        )
-        .unwrap();
+        // With ssl, only TLS connections: a plaintext one would be refused.
+        let hba = if ssl {
+            "hostssl all all 127.0.0.1/32 trust\n"
+        } else {
+            "host all all 127.0.0.1/32 trust\n"
+        };
+        std::fs::write(data.join("pg_hba.conf"), hba).unwrap();
         let child = as_owner(&postgres)
             .arg("-D")
             .arg(&data)
@@ -401,7 +404,7 @@ fn psql_without_ssl_reaches_postgres_over_tls_through_tlsfront() {
         eprintln!("SKIP: PostgreSQL is not installed");
         return;
     };
-    let Some(pg) = Postgres::start(&env) else {
+    let Some(pg) = Postgres::start(&env, true) else {
         assert!(
             std::env::var_os("TLSFRONT_REQUIRE_PEERS").is_none(),
             "postgres missing"
@@ -433,4 +436,52 @@ fn psql_without_ssl_reaches_postgres_over_tls_through_tlsfront() {
         front.log()
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "t");
+}
+
+/// Server-side STARTTLS for PostgreSQL: tlsfront answers the client's SSLRequest with `S`,
+/// terminates TLS, and relays the StartupMessage to a plaintext PostgreSQL.
+#[test]
+fn psql_verifying_tlsfront_reaches_a_plaintext_postgres() {
+    let env = TestEnv::new();
+    let (Some(psql), Some(pg)) = (pg_bin("psql"), Postgres::start(&env, false)) else {
+        assert!(
+            std::env::var_os("TLSFRONT_REQUIRE_PEERS").is_none(),
+            "PostgreSQL missing"
+        );
+        eprintln!("SKIP: PostgreSQL is not installed");
+        return;
+    };
+    let backend = format!("127.0.0.1:{}", pg.port);
+    let front = env
+        .config(backend)
+        .service("starttls = \"postgres\"")
+        .start();
+    let query = |sslmode: &str| {
+        Command::new(&psql)
+            .arg(format!(
+                "host=localhost hostaddr=127.0.0.1 port={} user=postgres dbname=postgres sslmode={sslmode} sslrootcert={} connect_timeout=10",
+                front.addr().port(),
+                env.ca_pem.display()
+            ))
+            .args(["-tAc", "select 40 + 2"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("psql")
+    };
+    let out = query("verify-full");
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        front.log()
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "42");
+    // A client that does not ask for SSL gets an error and never reaches the database.
+    let out = query("disable");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("TLS connections only"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

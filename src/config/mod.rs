@@ -21,6 +21,7 @@ use file::{
 use locate::{Locator, Section};
 
 use crate::conn::starttls::{unescape, ChatStep, Protocol};
+use crate::conn::starttls_offer::Offer;
 use crate::io::ktls::{self, KernelSupport};
 use crate::route::pool::{Balance, PoolPolicy, MAX_BACKENDS};
 use crate::route::proxy_header::ProxyVersion;
@@ -141,6 +142,8 @@ pub struct Service {
     pub ticketer: Option<Arc<dyn rustls::server::ProducesTickets>>,
     /// `mode = "client"`: plaintext in, TLS toward the backend (its only route's pool).
     pub client: Option<ClientSide>,
+    /// Server mode `starttls`: the plaintext part tlsfront speaks with clients before TLS.
+    pub starttls_offer: Option<Offer>,
 }
 
 /// A client-mode service's TLS toward its remote server.
@@ -650,7 +653,6 @@ impl Builder<'_> {
         for (key, set) in [
             ("server_name", raw.server_name.is_some()),
             ("ca", raw.ca.is_some()),
-            ("starttls", raw.starttls.is_some()),
             ("starttls_timeout", raw.starttls_timeout.is_some()),
             ("chat", raw.chat.is_some()),
         ] {
@@ -662,6 +664,19 @@ impl Builder<'_> {
                 ));
             }
         }
+        let starttls_offer = match raw.starttls.as_deref() {
+            None => None,
+            Some(name) => Some(Offer::parse(name).ok_or_else(|| {
+                self.err(
+                    sec,
+                    "starttls",
+                    format!(
+                        "in server mode tlsfront offers STARTTLS for {}; got {name:?}",
+                        Offer::NAMES.join(", ")
+                    ),
+                )
+            })?),
+        };
         let accept_proxy = self.accept_proxy(sec, raw)?;
         let (ticketer, ticket_keys) = self.ticketer(sec, raw)?;
         let session_cache_size = raw.session_cache_size.unwrap_or(DEFAULT_SESSION_CACHE);
@@ -708,6 +723,7 @@ impl Builder<'_> {
             ticket_keys,
             ticketer,
             client: None,
+            starttls_offer,
         })
     }
 
@@ -843,6 +859,7 @@ impl Builder<'_> {
                 server_name,
                 starttls,
             }),
+            starttls_offer: None,
         })
     }
 

@@ -28,6 +28,7 @@ use crate::conn::client_hello::{self, Peek};
 use crate::conn::close::CloseReason;
 use crate::conn::offload::{self, Offload, UserspaceReason};
 use crate::conn::proxy_in::{self, Inbound};
+use crate::conn::starttls_offer::{Greeting, GreetingStep, Offer, OfferDialogue, Step};
 use crate::conn::tls::{
     out_capacity, ClientTls, OutBuf, ServerTls, Side, Tls, TlsError, MAX_RECORD_WIRE,
 };
@@ -184,6 +185,9 @@ async fn run(
                 }
             }
         }
+        if let Some(offer) = svc.starttls_offer {
+            offer_starttls(client, offer, &svc.name, &mut bufs).await?;
+        }
         // The ClientHello picks the route and its config before rustls sees it.
         let chosen = read_client_hello(client, rt, &mut bufs, &mut session).await?;
         tally.route.set(Some(chosen.route));
@@ -319,6 +323,20 @@ async fn run(
         }
         let _ = client.shutdown(Shutdown::Write);
         return reason;
+    }
+
+    // A STARTTLS service: the client had tlsfront's greeting; the backend's is taken here.
+    if let Some(offer) = svc.starttls_offer.filter(|o| Greeting::expected(*o)) {
+        if let Err(why) =
+            take_backend_greeting(&backend, offer, svc.tunables.handshake_timeout).await
+        {
+            warn!(worker = ctx.id, service = %svc.name, %peer, error = %why, "backend greeting");
+            if tls.close_notify(&mut bufs.incoming, &mut bufs.out).is_ok() {
+                let _ = flush(client, &mut bufs.out, &mut bufs.out_spare).await;
+            }
+            let _ = client.shutdown(Shutdown::Write);
+            return CloseReason::BackendIoError;
+        }
     }
 
     // Re-encryption: the backend's own TLS handshake, verified as configured.
@@ -624,6 +642,88 @@ enum Opening {
 
 /// TLS alert unrecognized_name (112), fatal, as a plaintext record (before any ServerHello).
 const ALERT_UNRECOGNIZED_NAME: [u8; 7] = [21, 3, 3, 0, 2, 2, 112];
+
+/// Speaks the protocol's pre-TLS part with the client until it asks for STARTTLS (what the
+/// client already sent is in `bufs.incoming`; it is consumed). `Err` ends the connection.
+async fn offer_starttls(
+    client: &TcpStream,
+    offer: Offer,
+    name: &str,
+    bufs: &mut Buffers,
+) -> Result<(), CloseReason> {
+    let mut dialogue = OfferDialogue::new(offer, name);
+    let mut input = std::mem::take(&mut bufs.incoming);
+    loop {
+        let step = dialogue.received(&input);
+        input.clear();
+        match step {
+            Step::Send(bytes) => {
+                let (res, _) = client.write_all(bytes).await;
+                res.map_err(|_| CloseReason::ClientIoError)?;
+            }
+            Step::NeedMore => {
+                let (res, buf) = read_append(client, input).await;
+                input = buf;
+                match res {
+                    Ok(0) | Err(_) => return Err(CloseReason::HandshakeEof),
+                    Ok(_) => {}
+                }
+            }
+            Step::StartTls(bytes) => {
+                let (res, _) = client.write_all(bytes).await;
+                res.map_err(|_| CloseReason::ClientIoError)?;
+                bufs.incoming = input;
+                return Ok(());
+            }
+            Step::Close(bytes, why) => {
+                if !bytes.is_empty() {
+                    let _ = client.write_all(bytes).await;
+                }
+                let _ = client.shutdown(Shutdown::Write);
+                debug!(reason = why, "closed before STARTTLS");
+                return Err(if why == "client quit" {
+                    CloseReason::HandshakeEof
+                } else {
+                    CloseReason::StarttlsFailed
+                });
+            }
+        }
+    }
+}
+
+/// Reads and drops the backend's greeting (the client already had tlsfront's).
+async fn take_backend_greeting(
+    backend: &TcpStream,
+    offer: Offer,
+    timeout: Duration,
+) -> Result<(), String> {
+    let mut greeting = Greeting::new(offer);
+    let mut buf = Vec::with_capacity(4096);
+    loop {
+        buf.clear();
+        let read = tokio::time::timeout(timeout, read_append(backend, buf)).await;
+        let Ok((res, b)) = read else {
+            return Err("no greeting from the backend".to_owned());
+        };
+        buf = b;
+        match res {
+            Ok(0) => return Err("the backend closed before its greeting".to_owned()),
+            Ok(_) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+        match greeting.received(&buf) {
+            GreetingStep::NeedMore => {}
+            GreetingStep::Taken(rest) if rest.is_empty() => return Ok(()),
+            GreetingStep::Taken(rest) => {
+                return Err(format!(
+                    "the backend sent {} byte(s) after its greeting, unasked",
+                    rest.len()
+                ))
+            }
+            GreetingStep::Refused(why) => return Err(why),
+        }
+    }
+}
 
 /// Reads the PROXY header an allowed load balancer must send first and removes it from
 /// `bufs.incoming` (what follows stays for the ClientHello). Returns the client it names
