@@ -485,3 +485,61 @@ fn psql_verifying_tlsfront_reaches_a_plaintext_postgres() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Client mode toward IMAP and POP3 servers that require STARTTLS (a small asyncio server
+/// from tests/peers/, on Python's own TLS): the local client logs in inside TLS.
+#[test]
+fn imap_and_pop3_starttls_to_python_servers() {
+    let env = TestEnv::new();
+    let (imap, pop3) = (closed_port_addr(), closed_port_addr());
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/peers/imap_pop3_server.py"
+    );
+    let mut server = Command::new("python3")
+        .arg(script)
+        .arg(imap.port().to_string())
+        .arg(pop3.port().to_string())
+        .arg(&env.cert_pem)
+        .arg(&env.key_pem)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("python3 imap_pop3_server.py");
+    let mut first = String::new();
+    BufReader::new(server.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let _server = KillOnDrop(server);
+    assert_eq!(first.trim(), "READY");
+
+    for (remote, protocol, command, want) in [
+        (
+            imap,
+            "imap",
+            "a9 LOGIN alice secret\r\n",
+            "a9 OK LOGIN completed over TLS",
+        ),
+        (pop3, "pop3", "USER alice\r\n", "+OK USER over TLS"),
+    ] {
+        let front = client_front(&env, remote, &[&format!("starttls = \"{protocol}\"")]);
+        let mut app = tcp_connect(front.addr()).unwrap();
+        app.write_all(command.as_bytes()).unwrap();
+        let mut line = String::new();
+        BufReader::new(app.try_clone().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim_end(), want, "{protocol}: {}", front.log());
+    }
+}
+
+/// A peer process, stopped however the test ends.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
