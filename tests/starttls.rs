@@ -543,3 +543,81 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// Server-side STARTTLS in front of a real plaintext SMTP server (aiosmtpd without TLS),
+/// driven by `openssl s_client -starttls smtp`: the mail arrives, and before STARTTLS
+/// tlsfront refused plaintext AUTH.
+#[test]
+fn openssl_starttls_smtp_through_tlsfront_to_plaintext_aiosmtpd() {
+    if !have_peers("openssl_starttls_smtp_through_tlsfront_to_plaintext_aiosmtpd") {
+        return;
+    }
+    let Some(openssl) = openssl_or_skip("openssl_starttls_smtp_through_tlsfront") else {
+        return;
+    };
+    let env = TestEnv::new();
+    let server = SmtpServer::start(None);
+    let front = env
+        .config(server.addr)
+        .service("starttls = \"smtp\"")
+        .start();
+
+    // Plaintext AUTH first: refused, and the backend is not even connected yet.
+    let mut plain = tcp_connect(front.addr()).unwrap();
+    let mut r = BufReader::new(plain.try_clone().unwrap());
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    assert!(line.starts_with("220 "), "{line}");
+    plain
+        .write_all(b"AUTH PLAIN AGFsaWNlAHNlY3JldA==\r\n")
+        .unwrap();
+    line.clear();
+    r.read_line(&mut line).unwrap();
+    assert!(line.starts_with("530 "), "{line}");
+    drop((plain, r));
+
+    let mut child = Command::new(openssl)
+        .args([
+            "s_client",
+            "-connect",
+            &front.addr().to_string(),
+            "-starttls",
+            "smtp",
+        ])
+        .arg("-CAfile")
+        .arg(&env.ca_pem)
+        .args(["-verify_return_error", "-brief", "-ign_eof", "-crlf"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(
+            b"EHLO sclient.example\nMAIL FROM:<ops@example.com>\nRCPT TO:<dba@example.com>\nDATA\nSubject: via tlsfront\n\nhello\n.\nQUIT\n",
+        )
+        .unwrap();
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let out = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("s_client finished")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("Verification: OK"), "{stderr}");
+    let message = server
+        .lines
+        .recv_timeout(Duration::from_secs(10))
+        .expect("aiosmtpd got the message");
+    // aiosmtpd is plaintext: TLS ended at tlsfront.
+    assert!(
+        message.starts_with("MESSAGE tls=False from=ops@example.com to=dba@example.com"),
+        "{message}\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
