@@ -3,13 +3,17 @@
 //! Module map (see `../shared/docs/architecture.md`):
 //! - [`config`]: two-stage configuration — TOML/CLI syntax, then a validated runtime config
 //!   (certificates loaded, CPU sets chosen). Every error names file, line and field.
-//! - [`tls`]: rustls server configs from a service's TLS policy; certificate and key loading.
-//! - [`conn`]: per-connection protocol logic without I/O (TLS driving, ClientHello peek).
+//! - [`tls`]: rustls server and client configs from a TLS policy; certificates, keys, client
+//!   certificate verification (mTLS), ticket keys.
+//! - [`conn`]: per-connection protocol logic without I/O (TLS driving for either side,
+//!   ClientHello peek, PROXY header parsing, STARTTLS dialogues).
 //! - [`io`]: the only module allowed `unsafe`: io_uring ops tokio-uring lacks, socket options.
-//! - [`worker`]: thread-per-core workers: pinned threads, SO_REUSEPORT listeners, relay, drain.
+//! - [`worker`]: thread-per-core workers: pinned threads, SO_REUSEPORT listeners, the relays
+//!   (userspace, kTLS splice, pass-through, client mode, re-encryption), drain.
 //! - [`obs`]: per-worker counters and logging set-up.
 //! - [`demo`]: `tlsfront demo`, the whole loop on loopback with tlsfront-load.
-//! - [`route`]: what the backend is told about a connection (PROXY protocol header).
+//! - [`route`]: where a connection goes (SNI routes, backend pools and health) and what the
+//!   backend is told about it (PROXY header, the identity lookup socket).
 //! - [`server`]: start-up and lifecycle glue used by the binary (bind, spawn, signals).
 #![deny(unsafe_code)]
 #![warn(clippy::undocumented_unsafe_blocks)]
