@@ -143,11 +143,7 @@ impl OfferDialogue {
     }
 
     fn smtp(&mut self, line: &str) -> Step {
-        let verb = line
-            .split_whitespace()
-            .next()
-            .unwrap_or("")
-            .to_ascii_uppercase();
+        let verb = first_word(line);
         match verb.as_str() {
             "EHLO" => Step::Send(format!("250-{}\r\n250 STARTTLS\r\n", self.name).into_bytes()),
             "HELO" => Step::Send(format!("250 {}\r\n", self.name).into_bytes()),
@@ -185,11 +181,7 @@ impl OfferDialogue {
     }
 
     fn pop3(&mut self, line: &str) -> Step {
-        let verb = line
-            .split_whitespace()
-            .next()
-            .unwrap_or("")
-            .to_ascii_uppercase();
+        let verb = first_word(line);
         match verb.as_str() {
             "CAPA" => Step::Send(b"+OK Capability list follows\r\nSTLS\r\n.\r\n".to_vec()),
             "NOOP" => Step::Send(b"+OK\r\n".to_vec()),
@@ -223,6 +215,14 @@ impl OfferDialogue {
             ),
         }
     }
+}
+
+/// A command line's verb, upper-cased.
+fn first_word(line: &str) -> String {
+    line.split_whitespace()
+        .next()
+        .unwrap_or("")
+        .to_ascii_uppercase()
 }
 
 /// A PostgreSQL ErrorResponse with severity FATAL, the SQLSTATE `code` and `message`.

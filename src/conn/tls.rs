@@ -151,37 +151,29 @@ pub trait Side: Sized {
 pub type KernelHandoff<Data> =
     Result<(rustls::ExtractedSecrets, KernelConnection<Data>), rustls::Error>;
 
-impl Side for UnbufferedServerConnection {
-    type Data = ServerConnectionData;
-    fn process<'c, 'i>(
-        &'c mut self,
-        incoming: &'i mut [u8],
-    ) -> UnbufferedStatus<'c, 'i, Self::Data> {
-        self.process_tls_records(incoming)
-    }
-    fn common(&self) -> &CommonState {
-        self
-    }
-    fn into_kernel(self) -> KernelHandoff<Self::Data> {
-        self.dangerous_into_kernel_connection()
-    }
+/// The two sides have the same methods, each in its own inherent impl.
+macro_rules! side {
+    ($conn:ty, $data:ty) => {
+        impl Side for $conn {
+            type Data = $data;
+            fn process<'c, 'i>(
+                &'c mut self,
+                incoming: &'i mut [u8],
+            ) -> UnbufferedStatus<'c, 'i, Self::Data> {
+                self.process_tls_records(incoming)
+            }
+            fn common(&self) -> &CommonState {
+                self
+            }
+            fn into_kernel(self) -> KernelHandoff<Self::Data> {
+                self.dangerous_into_kernel_connection()
+            }
+        }
+    };
 }
 
-impl Side for UnbufferedClientConnection {
-    type Data = ClientConnectionData;
-    fn process<'c, 'i>(
-        &'c mut self,
-        incoming: &'i mut [u8],
-    ) -> UnbufferedStatus<'c, 'i, Self::Data> {
-        self.process_tls_records(incoming)
-    }
-    fn common(&self) -> &CommonState {
-        self
-    }
-    fn into_kernel(self) -> KernelHandoff<Self::Data> {
-        self.dangerous_into_kernel_connection()
-    }
-}
+side!(UnbufferedServerConnection, ServerConnectionData);
+side!(UnbufferedClientConnection, ClientConnectionData);
 
 /// A TLS connection driven over caller-owned buffers (see the module docs).
 pub struct Tls<S: Side> {

@@ -409,6 +409,28 @@ impl ResolvesServerCert for SingleCert {
     }
 }
 
+/// The TLS versions a policy allows, as rustls names them.
+fn protocol_versions(policy: &TlsPolicy) -> Vec<&'static rustls::SupportedProtocolVersion> {
+    let mut versions: Vec<&'static rustls::SupportedProtocolVersion> = Vec::with_capacity(2);
+    if policy.min_version <= Version::Tls12 && policy.max_version >= Version::Tls12 {
+        versions.push(&rustls::version::TLS12);
+    }
+    if policy.max_version >= Version::Tls13 {
+        versions.push(&rustls::version::TLS13);
+    }
+    versions
+}
+
+fn check_alpn(policy: &TlsPolicy) -> Result<(), PolicyError> {
+    match policy.alpn.iter().find(|p| p.is_empty() || p.len() > 255) {
+        Some(proto) => fail(
+            PolicyField::Alpn,
+            format!("ALPN protocol {proto:?} must be 1 to 255 bytes"),
+        ),
+        None => Ok(()),
+    }
+}
+
 /// Builds the rustls server config for one service.
 /// `client_verifier` asks for client certificates (mTLS); `None` asks for none.
 pub fn build_server_config(
@@ -421,13 +443,7 @@ pub fn build_server_config(
         kx_groups: select_groups(policy)?,
         ..provider::default_provider()
     };
-    let mut versions: Vec<&'static rustls::SupportedProtocolVersion> = Vec::with_capacity(2);
-    if policy.min_version <= Version::Tls12 && policy.max_version >= Version::Tls12 {
-        versions.push(&rustls::version::TLS12);
-    }
-    if policy.max_version >= Version::Tls13 {
-        versions.push(&rustls::version::TLS13);
-    }
+    let versions = protocol_versions(policy);
     let certified = match source {
         CertSource::Files { cert, key } => load_certified_key(cert, key, &provider)?,
         CertSource::Ephemeral => ephemeral_certified_key(&provider)?,
@@ -439,14 +455,7 @@ pub fn build_server_config(
             .unwrap_or_default(),
     );
     let certified = Arc::new(certified);
-    for proto in &policy.alpn {
-        if proto.is_empty() || proto.len() > 255 {
-            return fail(
-                PolicyField::Alpn,
-                format!("ALPN protocol {proto:?} must be 1 to 255 bytes"),
-            );
-        }
-    }
+    check_alpn(policy)?;
     let accelerated = cpu::aes_gcm_accelerated();
     let (order, variant) = match policy.preference {
         CipherPreference::Auto if accelerated => {
@@ -627,21 +636,8 @@ pub fn build_client_config(
         kx_groups: select_groups(policy)?,
         ..provider::default_provider()
     };
-    let mut versions: Vec<&'static rustls::SupportedProtocolVersion> = Vec::with_capacity(2);
-    if policy.min_version <= Version::Tls12 && policy.max_version >= Version::Tls12 {
-        versions.push(&rustls::version::TLS12);
-    }
-    if policy.max_version >= Version::Tls13 {
-        versions.push(&rustls::version::TLS13);
-    }
-    for proto in &policy.alpn {
-        if proto.is_empty() || proto.len() > 255 {
-            return fail(
-                PolicyField::Alpn,
-                format!("ALPN protocol {proto:?} must be 1 to 255 bytes"),
-            );
-        }
-    }
+    let versions = protocol_versions(policy);
+    check_alpn(policy)?;
     let identity = match identity {
         Some((cert, key)) => Some(load_certified_key(cert, key, &provider)?),
         None => None,
