@@ -299,6 +299,48 @@ fn hold_reports_the_proxys_fds_and_memory_per_connection() {
     assert!(rss > 0.0 && rss < 1_000_000.0, "{h:#?}");
 }
 
+/// The memory budget of an idle TLS connection (issue 9): the proxy's RSS per connection
+/// with 2000 of them held open after their handshakes. A size check, not a timing one. The
+/// budget is where tlsfront is now (37 KB measured, debug and release alike; 49 KB before
+/// output buffers started small), with a little room; the target is 4 KB.
+const IDLE_BUDGET_BYTES: f64 = 40.0 * 1024.0;
+
+#[test]
+fn two_thousand_idle_tls_connections_stay_within_the_memory_budget() {
+    let _serial = serial();
+    // 2000 client sockets here, 4000 in the proxy (which inherits this limit), 2000 in the
+    // backend: above the usual soft limit of 1024.
+    let hard = rustix::process::getrlimit(rustix::process::Resource::Nofile).maximum;
+    let _ = rustix::process::setrlimit(
+        rustix::process::Resource::Nofile,
+        rustix::process::Rlimit {
+            current: hard,
+            maximum: hard,
+        },
+    );
+    let env = TestEnv::new();
+    let proxy = echo_proxy(&env, &[]);
+    let s = Scenario::Hold(Hold {
+        target: tls_target(&env, proxy.addr(), Offer::default()),
+        connections: 2000,
+        concurrency: 64,
+        rate: None,
+    });
+    let r = go(
+        s,
+        &options(Duration::from_secs(3), Duration::ZERO, Some(proxy.pid())),
+    )
+    .report;
+    passed(&r);
+    let h = r.hold.unwrap();
+    assert_eq!(h.open, 2000, "{h:#?}");
+    let rss = h.rss_bytes_per_conn.unwrap();
+    assert!(
+        rss > 0.0 && rss <= IDLE_BUDGET_BYTES,
+        "{rss:.0} bytes per idle connection, budget {IDLE_BUDGET_BYTES}: {h:#?}"
+    );
+}
+
 #[test]
 fn ramp_finds_the_capacity_of_a_slow_service() {
     let _serial = serial();

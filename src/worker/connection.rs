@@ -66,6 +66,9 @@ impl Drop for Slot {
     }
 }
 
+/// First size of a connection's output buffer: a handshake flight fits.
+const INITIAL_OUT: usize = 4096;
+
 /// Per-connection buffers, sized once from the service's `buffer_size`.
 pub(super) struct Buffers {
     /// Ciphertext from the client not yet processed (room for at least one whole record).
@@ -91,8 +94,11 @@ impl Buffers {
             incoming_next: Vec::with_capacity(buffer_size.max(MAX_RECORD_WIRE)),
             upstream: Vec::with_capacity(buffer_size.max(MAX_RECORD_WIRE)),
             downstream: Vec::with_capacity(buffer_size),
-            out: OutBuf::with_capacity(out_cap),
-            out_spare: vec![0; out_cap],
+            // Output storage starts small and grows to what the connection really sends
+            // (rustls says how much it needs): an idle connection keeps little, a busy one
+            // reaches `out_cap` once.
+            out: OutBuf::with_capacity(INITIAL_OUT.min(out_cap)),
+            out_spare: Vec::new(),
         }
     }
 }
