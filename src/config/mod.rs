@@ -416,6 +416,20 @@ impl Builder<'_> {
         }
     }
 
+    /// Refuses the first of `keys` that is set (`true`), with `message`: settings that do
+    /// not apply in this combination.
+    fn refuse_set(
+        &self,
+        section: Section,
+        keys: &[(&str, bool)],
+        message: &str,
+    ) -> Result<(), ConfigError> {
+        match keys.iter().find(|(_, set)| *set) {
+            Some((key, _)) => Err(self.err(section, key, message)),
+            None => Ok(()),
+        }
+    }
+
     fn flag_err(&self, flag: &str, message: impl Into<String>) -> ConfigError {
         ConfigError {
             file: None,
@@ -650,20 +664,16 @@ impl Builder<'_> {
         if client_mode {
             return self.client_service(i, raw, name, listen, listen_origin, ktls);
         }
-        for (key, set) in [
-            ("server_name", raw.server_name.is_some()),
-            ("ca", raw.ca.is_some()),
-            ("starttls_timeout", raw.starttls_timeout.is_some()),
-            ("chat", raw.chat.is_some()),
-        ] {
-            if set {
-                return Err(self.err(
-                    sec,
-                    key,
-                    "only used with mode = \"client\" (the CA of a server mode's clients is client_ca)",
-                ));
-            }
-        }
+        self.refuse_set(
+            sec,
+            &[
+                ("server_name", raw.server_name.is_some()),
+                ("ca", raw.ca.is_some()),
+                ("starttls_timeout", raw.starttls_timeout.is_some()),
+                ("chat", raw.chat.is_some()),
+            ],
+            "only used with mode = \"client\" (the CA of a server mode's clients is client_ca)",
+        )?;
         let starttls_offer = match raw.starttls.as_deref() {
             None => None,
             Some(name) => Some(Offer::parse(name).ok_or_else(|| {
@@ -762,14 +772,12 @@ impl Builder<'_> {
             ("backend_ca", raw.backend_ca.is_some()),
             ("backend_pin", raw.backend_pin.is_some()),
         ];
-        if let Some((key, _)) = server_only.iter().find(|(_, set)| *set) {
-            return Err(self.err(
-                sec,
-                key,
-                "a server-mode setting: mode = \"client\" accepts plaintext and speaks TLS to \
-                 the backend",
-            ));
-        }
+        self.refuse_set(
+            sec,
+            &server_only,
+            "a server-mode setting: mode = \"client\" accepts plaintext and speaks TLS to the \
+             backend",
+        )?;
         let Some(value) = &raw.backend else {
             return Err(self.err(
                 sec,
@@ -1206,14 +1214,14 @@ impl Builder<'_> {
         }
         let protocol = match raw.starttls.as_deref() {
             None => {
-                for (key, set) in [
-                    ("chat", raw.chat.is_some()),
-                    ("starttls_timeout", raw.starttls_timeout.is_some()),
-                ] {
-                    if set {
-                        return Err(self.err(sec, key, "only used with starttls"));
-                    }
-                }
+                self.refuse_set(
+                    sec,
+                    &[
+                        ("chat", raw.chat.is_some()),
+                        ("starttls_timeout", raw.starttls_timeout.is_some()),
+                    ],
+                    "only used with starttls",
+                )?;
                 return Ok(None);
             }
             Some("chat") => {
@@ -1266,15 +1274,15 @@ impl Builder<'_> {
         first_backend: &str,
     ) -> Result<Option<ClientSide>, ConfigError> {
         if eff.backend_tls != Some(true) {
-            for (key, set) in [
-                ("backend_server_name", eff.backend_server_name.is_some()),
-                ("backend_ca", eff.backend_ca.is_some()),
-                ("backend_pin", eff.backend_pin.is_some()),
-            ] {
-                if set {
-                    return Err(self.err(sec, key, "only used with backend_tls = true"));
-                }
-            }
+            self.refuse_set(
+                sec,
+                &[
+                    ("backend_server_name", eff.backend_server_name.is_some()),
+                    ("backend_ca", eff.backend_ca.is_some()),
+                    ("backend_pin", eff.backend_pin.is_some()),
+                ],
+                "only used with backend_tls = true",
+            )?;
             return Ok(None);
         }
         let server_name = match &eff.backend_server_name {
@@ -1357,23 +1365,18 @@ impl Builder<'_> {
             &eff.allow_spki,
         )?;
         if mode == ClientAuthMode::None {
-            for (key, set) in [
-                ("client_ca", eff.client_ca.is_some()),
-                ("client_crl", eff.client_crl.is_some()),
-                ("allow_cn", eff.allow_cn.is_some()),
-                ("allow_dns", eff.allow_dns.is_some()),
-                ("allow_uri", eff.allow_uri.is_some()),
-                ("allow_spki", eff.allow_spki.is_some()),
-            ] {
-                if set {
-                    return Err(self.err(
-                        sec,
-                        key,
-                        "set, but client_auth is \"none\": set client_auth = \"required\" or \
-                         \"optional\"",
-                    ));
-                }
-            }
+            self.refuse_set(
+                sec,
+                &[
+                    ("client_ca", eff.client_ca.is_some()),
+                    ("client_crl", eff.client_crl.is_some()),
+                    ("allow_cn", eff.allow_cn.is_some()),
+                    ("allow_dns", eff.allow_dns.is_some()),
+                    ("allow_uri", eff.allow_uri.is_some()),
+                    ("allow_spki", eff.allow_spki.is_some()),
+                ],
+                "set, but client_auth is \"none\": set client_auth = \"required\" or \"optional\"",
+            )?;
             return Ok((mode, None));
         }
         let Some(ca) = &eff.client_ca else {
@@ -1564,15 +1567,14 @@ impl Builder<'_> {
     ) -> Result<(Option<Arc<dyn rustls::server::ProducesTickets>>, TicketKeys), ConfigError> {
         use crate::tls::tickets::{self, KeySource, Ticketer};
         if raw.tickets == Some(false) {
-            for key in ["ticket_keys_file", "ticket_secret_file"] {
-                let set = match key {
-                    "ticket_keys_file" => raw.ticket_keys_file.is_some(),
-                    _ => raw.ticket_secret_file.is_some(),
-                };
-                if set {
-                    return Err(self.err(sec, key, "set, but tickets = false"));
-                }
-            }
+            self.refuse_set(
+                sec,
+                &[
+                    ("ticket_keys_file", raw.ticket_keys_file.is_some()),
+                    ("ticket_secret_file", raw.ticket_secret_file.is_some()),
+                ],
+                "set, but tickets = false",
+            )?;
             return Ok((None, TicketKeys::Off));
         }
         let lifetime = raw.ticket_lifetime.map_or(DEFAULT_TICKET_LIFETIME, |d| d.0);
