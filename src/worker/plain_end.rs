@@ -64,8 +64,6 @@ struct State {
     tls: ClientTls,
     incoming: Vec<u8>,
     out: OutBuf,
-    /// Decrypted bytes not yet handed to the relay.
-    pending: Vec<u8>,
     /// The backend sent close_notify or FIN.
     ended: bool,
 }
@@ -81,7 +79,6 @@ impl<'a> TlsEnd<'a> {
                 tls,
                 incoming,
                 out,
-                pending: Vec::with_capacity(cap),
                 ended: false,
             }),
             next: RefCell::new(Vec::with_capacity(cap)),
@@ -93,28 +90,23 @@ impl<'a> TlsEnd<'a> {
     async fn read(&self, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
         buf.clear();
         loop {
-            {
-                let mut st = self.state.borrow_mut();
-                if !st.pending.is_empty() {
-                    let n = st.pending.len().min(buf.capacity().max(1));
-                    buf.extend_from_slice(&st.pending[..n]);
-                    st.pending.drain(..n);
-                    return (Ok(n), buf);
-                }
-                if st.ended {
-                    return (Ok(0), buf);
-                }
+            if self.state.borrow().ended {
+                return (Ok(0), buf);
             }
-            // The first pass decrypts what the handshake left in `incoming`.
-            if let Err(e) = self.decrypt() {
+            // Straight into the relay's buffer (the first pass decrypts what the handshake
+            // left in `incoming`); a buffer smaller than the records grows once.
+            if let Err(e) = self.decrypt(&mut buf) {
                 return (Err(e), buf);
             }
             if let Err(e) = self.flush().await {
                 return (Err(e), buf);
             }
+            if !buf.is_empty() {
+                return (Ok(buf.len()), buf);
+            }
             {
                 let st = self.state.borrow();
-                if !st.pending.is_empty() || st.ended {
+                if st.ended {
                     continue;
                 }
                 if st.incoming.len() == st.incoming.capacity() {
@@ -141,18 +133,18 @@ impl<'a> TlsEnd<'a> {
         }
     }
 
-    /// Lets rustls process every complete record in `incoming`.
-    fn decrypt(&self) -> io::Result<()> {
+    /// Lets rustls process every complete record in `incoming`, appending plaintext to
+    /// `plain`.
+    fn decrypt(&self, plain: &mut Vec<u8>) -> io::Result<()> {
         let mut st = self.state.borrow_mut();
         let State {
             tls,
             incoming,
             out,
-            pending,
             ended,
         } = &mut *st;
         let progress = tls
-            .read(incoming, pending, out)
+            .read(incoming, plain, out)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
         *ended |= progress.peer_closed;
         Ok(())
