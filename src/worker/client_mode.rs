@@ -9,8 +9,7 @@
 //! close_notify or FIN → FIN to the local client.
 
 use std::net::{Shutdown, SocketAddr};
-use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rustls::pki_types::ServerName;
 
@@ -18,7 +17,7 @@ use tokio_uring::net::TcpStream;
 use tracing::{debug, info, warn};
 
 use super::connection::{
-    connect_upstream, count_offload, flush, handshake, relay, Buffers, Established, Slot, Tally,
+    connect_upstream, count_offload, flush, handshake, relay, Buffers, Established, Tally,
 };
 use super::plain_end::PlainEnd;
 use super::{ktls_relay, ServiceRt, WorkerCtx};
@@ -29,40 +28,6 @@ use crate::conn::starttls::{Dialogue, Next, Protocol};
 use crate::conn::tls::ClientTls;
 use crate::io::{ktls, sockopt};
 use crate::obs;
-
-pub(super) async fn serve(
-    ctx: Rc<WorkerCtx>,
-    rt: Rc<ServiceRt>,
-    local: TcpStream,
-    peer: SocketAddr,
-) {
-    let slot = Slot::new(&ctx, &rt);
-    let svc = rt.svc();
-    let started = Instant::now();
-    if let Err(e) = sockopt::with_sockref(&local, |s| {
-        sockopt::apply_stream_tunables(&s, &svc.tunables)
-    }) {
-        debug!(%peer, error = %e, "could not set client socket options");
-    }
-    let tally = Tally::default();
-    let reason = run(&ctx, &rt, &local, peer, &tally).await;
-    let _ = local.shutdown(Shutdown::Both);
-
-    // The relay counts from the TLS side's view: `up` is server → local client here.
-    let (bytes_in, bytes_out) = (tally.down.get(), tally.up.get());
-    obs::add(&ctx.stats.bytes_client_to_backend, bytes_in);
-    obs::add(&ctx.stats.bytes_backend_to_client, bytes_out);
-    if !reason.is_clean() {
-        obs::inc(&ctx.stats.closed_with_error);
-    }
-    let duration_ms = started.elapsed().as_millis() as u64;
-    if reason.is_failure() {
-        warn!(worker = ctx.id, service = %svc.name, %peer, bytes_in, bytes_out, duration_ms, reason = %reason, "closed");
-    } else {
-        info!(worker = ctx.id, service = %svc.name, %peer, bytes_in, bytes_out, duration_ms, reason = %reason, "closed");
-    }
-    drop(slot);
-}
 
 /// The relay names its sides from server mode (client = TLS peer, backend = plaintext);
 /// here the TLS peer is the server and the plaintext side the local client.
@@ -76,7 +41,9 @@ fn swapped(reason: CloseReason) -> CloseReason {
     }
 }
 
-async fn run(
+/// One client-mode connection, from the server connect to the end of the relay (the
+/// caller, `connection::serve`, does the books and the closing log).
+pub(super) async fn run(
     ctx: &WorkerCtx,
     rt: &ServiceRt,
     local: &TcpStream,

@@ -22,7 +22,7 @@ use tokio_uring::net::TcpStream;
 use tracing::{debug, info, warn};
 
 use super::plain_end::{PlainEnd, TlsEnd};
-use super::{ktls_relay, passthrough, ServiceRt, WorkerCtx};
+use super::{client_mode, ktls_relay, passthrough, ServiceRt, WorkerCtx};
 use crate::config::{Route, Service};
 use crate::conn::client_hello::{self, Peek};
 use crate::conn::close::CloseReason;
@@ -142,11 +142,22 @@ pub(super) async fn serve(
         debug!(%peer, error = %e, "could not set client socket options");
     }
     let tally = Tally::default();
-    let reason = run(&ctx, &rt, &client, peer, &tally).await;
+    let client_mode = rt.client_tls.is_some();
+    let reason = if client_mode {
+        client_mode::run(&ctx, &rt, &client, peer, &tally).await
+    } else {
+        run(&ctx, &rt, &client, peer, &tally).await
+    };
     // Ends any op still in flight on the client socket so its fd is released now.
     let _ = client.shutdown(Shutdown::Both);
 
-    let (up, down) = (tally.up.get(), tally.down.get());
+    // The relay counts from the TLS side's view; in client mode that is the server, so
+    // its `down` is what the local client sent.
+    let (up, down) = if client_mode {
+        (tally.down.get(), tally.up.get())
+    } else {
+        (tally.up.get(), tally.down.get())
+    };
     // Behind a load balancer that sent a PROXY header, `peer` is the client it named.
     let (peer, proxied_by) = match tally.client.get() {
         Some(client) => (client, peer.to_string()),

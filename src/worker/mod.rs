@@ -482,11 +482,7 @@ async fn accept_loop(
                 obs::inc(&ctx.stats.accepted);
                 obs::inc(&ctx.stats.active);
                 rt.active.set(rt.active.get() + 1);
-                if rt.client_tls.is_some() {
-                    tokio_uring::spawn(client_mode::serve(ctx.clone(), rt, stream, peer));
-                } else {
-                    tokio_uring::spawn(connection::serve(ctx.clone(), rt, stream, peer));
-                }
+                tokio_uring::spawn(connection::serve(ctx.clone(), rt, stream, peer));
             }
             // A closed listener (shutdown, or removed by a reload) fails its accept.
             Err(e) if ctx.draining.get() || e.raw_os_error() == Some(libc::EINVAL) => return,
