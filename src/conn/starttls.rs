@@ -179,40 +179,32 @@ impl Dialogue {
     }
 
     /// Takes one complete numeric reply (multi-line `NNN-` … `NNN `): its code, and whether
-    /// any of its lines (after the code) satisfies `look`.
+    /// any of its lines (after the code) satisfies `look`. `None` until it is complete.
     fn numeric_reply(
         &mut self,
         look: impl Fn(&str) -> bool,
     ) -> Option<Result<(u16, bool), String>> {
-        let mut seen = false;
-        // Only consume when the reply is complete.
-        let complete = {
-            let mut rest = &self.buf[..];
-            let mut done = false;
-            while let Some(end) = rest.iter().position(|&b| b == b'\n') {
-                let l = &rest[..end];
-                rest = &rest[end + 1..];
-                if l.len() >= 4 && l[3] == b' ' || l.len() == 3 || l.len() == 4 && l[3] == b'\r' {
-                    done = true;
-                    break;
-                }
-            }
-            done
-        };
-        if !complete {
-            return None;
-        }
+        // The reply ends with the first line whose code is not followed by '-'.
+        let mut end = 0;
         loop {
-            let line = self.line()?;
-            let code = line.get(..3).and_then(|c| c.parse::<u16>().ok());
-            let Some(code) = code else {
-                return Some(Err(format!("not a numeric reply: {line:?}")));
-            };
-            seen |= look(line.get(4..).unwrap_or(""));
-            if line.as_bytes().get(3) != Some(&b'-') {
-                return Some(Ok((code, seen)));
+            let newline = end + self.buf[end..].iter().position(|&b| b == b'\n')?;
+            let last = self.buf.get(end + 3) != Some(&b'-');
+            end = newline + 1;
+            if last {
+                break;
             }
         }
+        let reply: Vec<u8> = self.buf.drain(..end).collect();
+        let (mut code, mut seen) = (0, false);
+        for line in String::from_utf8_lossy(&reply).lines() {
+            let line = line.trim_end_matches('\r');
+            match line.get(..3).and_then(|c| c.parse::<u16>().ok()) {
+                Some(c) => code = c,
+                None => return Some(Err(format!("not a numeric reply: {line:?}"))),
+            }
+            seen |= look(line.get(4..).unwrap_or(""));
+        }
+        Some(Ok((code, seen)))
     }
 
     fn smtp(&mut self) -> Next {
