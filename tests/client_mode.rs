@@ -369,3 +369,22 @@ fn reencryption_refuses_a_backend_with_the_wrong_certificate() {
         "nothing reached the plaintext service"
     );
 }
+
+#[test]
+fn client_mode_offers_its_alpn() {
+    let env = TestEnv::new();
+    let echo = Backend::echo();
+    let server = env
+        .config(echo.addr)
+        .global("log_level = \"debug\"")
+        .service("alpn = [\"x-gw\", \"other\"]")
+        .start();
+    let client = client_front(&env, server.addr(), &["alpn = [\"x-gw\"]"]);
+    let got = send_and_collect(tcp_connect(client.addr()).unwrap(), b"alpn\n".to_vec());
+    assert_eq!(got, b"alpn\n");
+    assert!(
+        server.wait_for_log("alpn=\"x-gw\"", Duration::from_secs(10)),
+        "{}",
+        server.log()
+    );
+}
