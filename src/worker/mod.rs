@@ -288,7 +288,14 @@ pub fn run(
             warn!(worker = spec.id, cpu, "could not pin worker to CPU");
         }
     }
-    tokio_uring::start(worker_main(spec, control, started));
+    // COOP_TASKRUN: a completion does not interrupt the worker with an IPI while it runs;
+    // it is picked up at the worker's next entry into the kernel, which comes soon on a busy
+    // worker (and a sleeping one is still woken).
+    let mut uring = tokio_uring::uring_builder();
+    uring.setup_coop_taskrun().setup_taskrun_flag();
+    tokio_uring::builder()
+        .uring_builder(&uring)
+        .start(worker_main(spec, control, started));
 }
 
 async fn worker_main(
