@@ -55,12 +55,12 @@ fn auto_follows_the_cpu_and_a_client_that_lists_chacha_first() {
     assert_eq!(chacha_first, CipherSuite::TLS13_CHACHA20_POLY1305_SHA256);
     assert_eq!(chacha_first_12, CHACHA_12.suite());
     if aes_gcm_accelerated() {
-        // AES-GCM is preferred: the server's AES order applies (AES-256 first by default).
+        // AES-GCM is preferred: the server's AES order applies (AES-128 first by default).
         assert_eq!(aes_first, CipherSuite::TLS13_AES_128_GCM_SHA256);
         assert_eq!(aes_first_12, AES128_12.suite());
         assert_eq!(
-            suite_with(&proxy, &env, &[AES128, AES256, CHACHA]),
-            CipherSuite::TLS13_AES_256_GCM_SHA384,
+            suite_with(&proxy, &env, &[AES256, AES128, CHACHA]),
+            CipherSuite::TLS13_AES_128_GCM_SHA256,
             "among AES suites the server order holds"
         );
     } else {
@@ -87,10 +87,10 @@ fn server_order_wins_with_server() {
         .config(echo.addr)
         .service(r#"cipher_preference = "server""#)
         .start();
-    // rustls's default order puts AES-256-GCM first.
+    // The default order puts AES-128-GCM first.
     assert_eq!(
-        suite_with(&proxy2, &env2, &[CHACHA, AES128, AES256]),
-        CipherSuite::TLS13_AES_256_GCM_SHA384
+        suite_with(&proxy2, &env2, &[CHACHA, AES256, AES128]),
+        CipherSuite::TLS13_AES_128_GCM_SHA256
     );
 }
 
