@@ -84,6 +84,19 @@ impl OutBuf {
         let filled = std::mem::replace(&mut self.filled, 0);
         (std::mem::replace(&mut self.buf, replacement), filled)
     }
+    /// Size of the backing storage (0 once it was handed out and not replaced).
+    pub fn storage(&self) -> usize {
+        self.buf.len()
+    }
+    /// Drops the first `n` bytes (they were sent); what follows moves to the front.
+    pub fn consume(&mut self, n: usize) {
+        if n >= self.filled {
+            self.filled = 0;
+        } else {
+            self.buf.copy_within(n..self.filled, 0);
+            self.filled -= n;
+        }
+    }
     /// Returns storage handed out by [`OutBuf::take`] once its bytes were sent.
     pub fn restore(&mut self, buf: Vec<u8>) {
         debug_assert_eq!(self.filled, 0);
@@ -644,6 +657,20 @@ mod tests {
         // An alert record (content type 21) was queued for the client.
         assert_eq!(p.out.as_slice().first(), Some(&21));
         assert!(p.server.encrypt(&mut p.incoming, b"x", &mut p.out).is_err());
+    }
+
+    #[test]
+    fn consumed_bytes_leave_the_rest_at_the_front() {
+        let mut out = OutBuf::with_capacity(8);
+        out.spare_mut()[..5].copy_from_slice(b"hello");
+        out.filled = 5;
+        out.consume(2);
+        assert_eq!(out.as_slice(), b"llo");
+        out.consume(3);
+        assert!(out.is_empty());
+        assert_eq!(out.storage(), 8);
+        let (storage, filled) = out.take(Vec::new());
+        assert_eq!((storage.len(), filled, out.storage()), (8, 0, 0));
     }
 
     #[test]

@@ -8,6 +8,7 @@
 
 pub mod connect;
 pub mod ktls;
+pub mod nb;
 pub mod pipe;
 pub mod poll;
 pub mod sockopt;

@@ -17,9 +17,10 @@ use tokio_uring::net::TcpStream;
 use tracing::{debug, info, warn};
 
 use super::connection::{
-    connect_upstream, count_offload, flush, handshake, relay, Buffers, Established, Tally,
+    connect_upstream, count_offload, flush, handshake, Buffers, Established, Tally,
 };
 use super::plain_end::PlainEnd;
+use super::relay::relay;
 use super::{ktls_relay, ServiceRt, WorkerCtx};
 use crate::config::ClientSide;
 use crate::conn::close::CloseReason;
@@ -72,7 +73,7 @@ pub(super) async fn run(
             return CloseReason::TlsError;
         }
     };
-    let mut bufs = Buffers::new(svc.tunables.buffer_size);
+    let mut bufs = Buffers::new(&rt.buffers);
     let handshaken = tokio::select! {
         r = tokio::time::timeout(svc.tunables.handshake_timeout, handshake(&remote, &mut tls, &mut bufs)) => r,
         _ = ctx.force_close.notified() => Ok(Err(CloseReason::DrainTimeout)),
@@ -150,7 +151,7 @@ pub(super) async fn run(
         }
         Offload::Userspace(why) => {
             info!(worker = ctx.id, service = %svc.name, %peer, offload = %"userspace", reason = %why, "offload");
-            relay(ctx, svc, &remote, PlainEnd::Tcp(local), established, tally).await
+            relay(ctx, rt, &remote, PlainEnd::Tcp(local), established, tally).await
         }
     };
     let _ = remote.shutdown(Shutdown::Both);

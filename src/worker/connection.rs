@@ -1,27 +1,21 @@
 //! One client connection: handshake, backend connect, then the relay in both directions.
 //!
-//! The relay is three cooperating futures on the worker's thread:
-//! - `upstream`: client socket → [`ServerTls::read`] → backend socket;
-//! - `downstream`: backend socket → [`ServerTls::encrypt`] → the shared [`OutBuf`];
-//! - `client_writer`: the only writer of the client socket; sends the `OutBuf` in order.
-//!
-//! Backpressure: each side is read only after what was read before has been taken by the
-//! other side (written to the backend, or handed to the client writer). Half-close: client
-//! close_notify or FIN → shutdown(WR) on the backend while the other direction keeps going;
-//! backend FIN → close_notify, then FIN to the client. Buffers are allocated once per
-//! connection and never per chunk.
+//! The opening phase (everything before the relay) runs in its own boxed future, so the
+//! connection's task keeps only the relay's small state once the connection is established
+//! (see `super::relay`).
 
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::net::{Shutdown, SocketAddr};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::Notify;
 use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::TcpStream;
 use tracing::{debug, info, warn};
 
+use super::bufpool::BufPool;
 use super::plain_end::{PlainEnd, TlsEnd};
+use super::relay::relay;
 use super::{client_mode, ktls_relay, passthrough, ServiceRt, WorkerCtx};
 use crate::config::{Route, Service};
 use crate::conn::client_hello::{self, Peek};
@@ -29,9 +23,7 @@ use crate::conn::close::CloseReason;
 use crate::conn::offload::{self, Offload, UserspaceReason};
 use crate::conn::proxy_in::{self, Inbound};
 use crate::conn::starttls_offer::{Greeting, GreetingStep, Offer, OfferDialogue, Step};
-use crate::conn::tls::{
-    out_capacity, ClientTls, OutBuf, ServerTls, Side, Tls, TlsError, MAX_RECORD_WIRE,
-};
+use crate::conn::tls::{ClientTls, OutBuf, ServerTls, Side, Tls, TlsError};
 use crate::io::connect::{self, ConnectError};
 use crate::io::ktls;
 use crate::io::sockopt;
@@ -66,38 +58,27 @@ impl Drop for Slot {
     }
 }
 
-/// First size of a connection's output buffer: a handshake flight fits.
-const INITIAL_OUT: usize = 4096;
-
-/// Per-connection buffers, sized once from the service's `buffer_size`.
+/// A connection's buffers while it opens (PROXY header, STARTTLS, handshake), borrowed from
+/// the worker's pool; the relay gives them back and borrows per transfer instead.
 pub(super) struct Buffers {
-    /// Ciphertext from the client not yet processed (room for at least one whole record).
+    /// Bytes from the peer not yet processed (room for at least one whole record).
     pub(super) incoming: Vec<u8>,
-    /// Where the next client read lands during the relay (see `Relay::upstream`).
-    incoming_next: Vec<u8>,
-    /// Plaintext client → backend: as large as `incoming`, since one `ServerTls::read`
-    /// decrypts everything complete in it.
+    /// Plaintext the peer sent with its last handshake flight (usually none).
     pub(super) upstream: Vec<u8>,
-    /// Plaintext backend → client.
-    downstream: Vec<u8>,
-    /// Ciphertext to the client, filled by rustls.
+    /// Bytes to the peer, filled by rustls.
     pub(super) out: OutBuf,
-    /// The client writer's second buffer, swapped with `out`'s storage while a write runs.
+    /// `out`'s second storage, swapped in while a write runs (see [`flush`]).
     pub(super) out_spare: Vec<u8>,
 }
 
 impl Buffers {
-    pub(super) fn new(buffer_size: usize) -> Self {
-        let out_cap = out_capacity(buffer_size);
+    pub(super) fn new(pool: &BufPool) -> Self {
+        let mut out = OutBuf::with_capacity(0);
+        pool.fill_out(&mut out);
         Buffers {
-            incoming: Vec::with_capacity(buffer_size.max(MAX_RECORD_WIRE)),
-            incoming_next: Vec::with_capacity(buffer_size.max(MAX_RECORD_WIRE)),
-            upstream: Vec::with_capacity(buffer_size.max(MAX_RECORD_WIRE)),
-            downstream: Vec::with_capacity(buffer_size),
-            // Output storage starts small and grows to what the connection really sends
-            // (rustls says how much it needs): an idle connection keeps little, a busy one
-            // reaches `out_cap` once.
-            out: OutBuf::with_capacity(INITIAL_OUT.min(out_cap)),
+            incoming: pool.take(),
+            upstream: Vec::new(),
+            out,
             out_spare: Vec::new(),
         }
     }
@@ -144,7 +125,8 @@ pub(super) async fn serve(
     let tally = Tally::default();
     let client_mode = rt.client_tls.is_some();
     let reason = if client_mode {
-        client_mode::run(&ctx, &rt, &client, peer, &tally).await
+        // Boxed: the task's own future stays the size of the server-mode relay.
+        Box::pin(client_mode::run(&ctx, &rt, &client, peer, &tally)).await
     } else {
         run(&ctx, &rt, &client, peer, &tally).await
     };
@@ -189,8 +171,64 @@ async fn run(
     peer: SocketAddr,
     tally: &Tally,
 ) -> CloseReason {
+    // The opening phase's state (buffers, TLS handshake, PROXY header, STARTTLS...) lives in
+    // its own allocation, freed before the relay: an idle connection keeps only the relay's.
+    let mut ready = None;
+    let reason = Box::pin(open(ctx, rt, client, peer, tally, &mut ready)).await;
+    let Some(Ready {
+        established,
+        backend,
+        offload,
+        _slot,
+        _registered,
+    }) = ready
+    else {
+        return reason;
+    };
+    let reason = match offload {
+        Offload::Kernel { .. } => {
+            let svc = rt.svc();
+            Box::pin(ktls_relay::run(
+                ctx,
+                svc,
+                client,
+                &backend,
+                established,
+                tally,
+            ))
+            .await
+        }
+        Offload::Userspace(_) => {
+            relay(ctx, rt, client, PlainEnd::Tcp(&backend), established, tally).await
+        }
+    };
+    let _ = backend.shutdown(Shutdown::Both);
+    reason
+}
+
+/// A connection established with a plain backend, ready for the relay.
+struct Ready<'r, 'c> {
+    established: Established<rustls::server::UnbufferedServerConnection>,
+    backend: TcpStream,
+    offload: Offload,
+    _slot: PoolSlot<'r>,
+    _registered: Option<identity::Registered<'c>>,
+}
+
+/// Everything before the relay: PROXY header, STARTTLS, ClientHello, handshake, backend
+/// connection. Fills `ready` when the relay is next (a plain backend); otherwise the
+/// connection ends here (refused or failed, or relayed already: pass-through and
+/// re-encryption relay inside this phase) and the reason is returned.
+async fn open<'r, 'c>(
+    ctx: &'c WorkerCtx,
+    rt: &'r ServiceRt,
+    client: &TcpStream,
+    peer: SocketAddr,
+    tally: &Tally,
+    ready: &mut Option<Ready<'r, 'c>>,
+) -> CloseReason {
     let svc = rt.svc();
-    let mut bufs = Buffers::new(svc.tunables.buffer_size);
+    let mut bufs = Buffers::new(&rt.buffers);
     let mut session: Option<ServerTls> = None;
     let mut peer = peer;
     let hello_and_handshake = async {
@@ -390,27 +428,20 @@ async fn run(
         bufs,
         peer_closed,
     };
-    let reason = match offload {
-        Offload::Kernel { .. } => {
-            ktls_relay::run(ctx, svc, client, &backend, established, tally).await
-        }
-        Offload::Userspace(_) => match &backend_tls {
-            Some(end) => relay(ctx, svc, client, PlainEnd::Tls(end), established, tally).await,
-            None => {
-                relay(
-                    ctx,
-                    svc,
-                    client,
-                    PlainEnd::Tcp(&backend),
-                    established,
-                    tally,
-                )
-                .await
-            }
-        },
-    };
-    let _ = backend.shutdown(Shutdown::Both);
-    reason
+    if let Some(end) = &backend_tls {
+        // Re-encryption relays here: its backend end borrows `backend`.
+        let reason = relay(ctx, rt, client, PlainEnd::Tls(end), established, tally).await;
+        let _ = backend.shutdown(Shutdown::Both);
+        return reason;
+    }
+    *ready = Some(Ready {
+        established,
+        backend,
+        offload,
+        _slot,
+        _registered,
+    });
+    CloseReason::Done
 }
 
 /// The TLS handshake with a re-encrypting route's backend (`None` for a plaintext one).
@@ -429,7 +460,7 @@ async fn backend_handshake<'b>(
     };
     let mut tls = ClientTls::new(config.clone(), side.server_name.clone())
         .map_err(|_| CloseReason::BackendTlsError)?;
-    let mut bufs = Buffers::new(svc.tunables.buffer_size);
+    let mut bufs = Buffers::new(&rt.buffers);
     let done = tokio::time::timeout(
         svc.tunables.handshake_timeout,
         handshake(backend, &mut tls, &mut bufs),
@@ -920,92 +951,12 @@ pub(super) async fn flush(
     res
 }
 
-/// State the three relay futures share (one thread; no borrow is held across an await).
-struct Shared<S: Side> {
-    tls: Tls<S>,
-    /// Client bytes rustls has not consumed yet. Kept here, not in the upstream future, so
-    /// the write path can show rustls the same buffer (see `conn::tls` invariants).
-    incoming: Vec<u8>,
-    out: OutBuf,
-    /// Backend sent FIN and its close_notify is queued: the writer ends after flushing.
-    downstream_done: bool,
-    /// A fatal TLS error's alert is queued: the writer flushes it, then the connection ends.
-    abort_after_flush: Option<CloseReason>,
-}
-
-struct Relay<'a, S: Side> {
-    client: &'a TcpStream,
-    backend: PlainEnd<'a>,
-    shared: RefCell<Shared<S>>,
-    /// `out` has bytes (or an end) for the client writer.
-    wake_writer: Notify,
-    /// The client writer took `out`'s bytes: downstream may fill it again.
-    wake_downstream: Notify,
-    last_activity: Cell<Instant>,
-    tally: &'a Tally,
-}
-
 /// A connection whose handshake is done, ready to relay.
 pub(super) struct Established<S: Side> {
     pub(super) tls: Tls<S>,
     pub(super) bufs: Buffers,
     /// The client already sent close_notify.
     pub(super) peer_closed: bool,
-}
-
-/// Relays between the TLS peer on `client` and the plaintext side on `backend` (in client
-/// mode the TLS peer is the remote server and the plaintext side the local client; the
-/// caller reads the reasons accordingly).
-pub(super) async fn relay<S: Side>(
-    ctx: &WorkerCtx,
-    svc: &Service,
-    client: &TcpStream,
-    backend: PlainEnd<'_>,
-    established: Established<S>,
-    tally: &Tally,
-) -> CloseReason {
-    let Established {
-        tls,
-        bufs,
-        peer_closed,
-    } = established;
-    let Buffers {
-        incoming,
-        incoming_next,
-        upstream,
-        downstream,
-        out,
-        out_spare,
-    } = bufs;
-    let relay = Relay {
-        client,
-        backend,
-        shared: RefCell::new(Shared {
-            tls,
-            incoming,
-            out,
-            downstream_done: false,
-            abort_after_flush: None,
-        }),
-        wake_writer: Notify::new(),
-        wake_downstream: Notify::new(),
-        last_activity: Cell::new(Instant::now()),
-        tally,
-    };
-    if !relay.shared.borrow().out.is_empty() {
-        relay.wake_writer.notify_one();
-    }
-    let flows = async {
-        match tokio::try_join!(
-            relay.upstream(incoming_next, upstream, peer_closed),
-            relay.downstream(downstream),
-            relay.client_writer(out_spare),
-        ) {
-            Ok((up_end, (), ())) => up_end,
-            Err(reason) => reason,
-        }
-    };
-    supervise(ctx, svc.tunables.idle_timeout, &relay.last_activity, flows).await
 }
 
 /// Runs a relay's flows until they end, nothing is read for `idle`, or the worker's drain
@@ -1031,156 +982,5 @@ pub(super) async fn supervise(
             reason
         }
         _ = ctx.force_close.notified() => CloseReason::DrainTimeout,
-    }
-}
-
-impl<S: Side> Relay<'_, S> {
-    fn touch(&self) {
-        self.last_activity.set(Instant::now());
-    }
-
-    /// Client → backend. Ends when the client closes its sending side.
-    ///
-    /// Reads land in `next`, behind a copy of the unconsumed tail (at most a partial record),
-    /// and then `next` becomes `shared.incoming`; meanwhile the write path still sees the old
-    /// buffer. Same bytes either way, so rustls's offsets stay valid.
-    async fn upstream(
-        &self,
-        mut next: Vec<u8>,
-        mut plain: Vec<u8>,
-        mut peer_closed: bool,
-    ) -> Result<CloseReason, CloseReason> {
-        loop {
-            if !plain.is_empty() {
-                let n = plain.len() as u64;
-                let (res, buf) = self.backend.write_all(plain).await;
-                plain = buf;
-                res.map_err(|_| CloseReason::BackendIoError)?;
-                self.tally.up.set(self.tally.up.get() + n);
-                plain.clear();
-                self.touch();
-            }
-            if peer_closed {
-                self.backend.shutdown_write().await;
-                return Ok(CloseReason::Done);
-            }
-            let progress = {
-                let mut shared = self.shared.borrow_mut();
-                let Shared {
-                    tls, out, incoming, ..
-                } = &mut *shared;
-                let before = out.filled();
-                let r = tls.read(incoming, &mut plain, out);
-                if out.filled() != before {
-                    self.wake_writer.notify_one();
-                }
-                r
-            };
-            match progress {
-                Err(TlsError::Protocol(e)) => {
-                    debug!(error = %e, "TLS error from client");
-                    self.shared.borrow_mut().abort_after_flush = Some(CloseReason::TlsError);
-                    self.wake_writer.notify_one();
-                    return Ok(CloseReason::TlsError);
-                }
-                Err(e @ TlsError::NotWritable(_)) => {
-                    debug!(error = %e, "TLS read failed");
-                    return Err(CloseReason::TlsError);
-                }
-                Ok(p) => {
-                    peer_closed = p.peer_closed;
-                    if !plain.is_empty() || peer_closed {
-                        continue;
-                    }
-                }
-            }
-            {
-                let shared = self.shared.borrow();
-                if shared.incoming.len() == shared.incoming.capacity() {
-                    debug!(
-                        buffered = shared.incoming.len(),
-                        "client record does not fit the buffer"
-                    );
-                    return Err(CloseReason::TlsError);
-                }
-                next.clear();
-                next.extend_from_slice(&shared.incoming);
-            }
-            let (res, buf) = read_append(self.client, next).await;
-            next = buf;
-            match res {
-                Ok(0) => {
-                    self.backend.shutdown_write().await;
-                    return Ok(CloseReason::ClientEofNoCloseNotify);
-                }
-                Ok(_) => {
-                    std::mem::swap(&mut self.shared.borrow_mut().incoming, &mut next);
-                    self.touch();
-                }
-                Err(_) => return Err(CloseReason::ClientIoError),
-            }
-        }
-    }
-
-    /// Backend → client (via the client writer). Ends when the backend sends FIN.
-    async fn downstream(&self, mut plain: Vec<u8>) -> Result<(), CloseReason> {
-        loop {
-            // Backpressure: read the backend only once the writer has taken the last chunk.
-            while !self.shared.borrow().out.is_empty() {
-                self.wake_downstream.notified().await;
-            }
-            let (res, buf) = self.backend.read(plain).await;
-            plain = buf;
-            let n = res.map_err(|_| CloseReason::BackendIoError)?;
-            let mut shared = self.shared.borrow_mut();
-            let Shared {
-                tls, out, incoming, ..
-            } = &mut *shared;
-            if n == 0 {
-                tls.close_notify(incoming, out).map_err(|e| {
-                    debug!(error = %e, "cannot queue close_notify");
-                    CloseReason::TlsError
-                })?;
-                shared.downstream_done = true;
-                self.wake_writer.notify_one();
-                return Ok(());
-            }
-            self.touch();
-            tls.encrypt(incoming, &plain, out).map_err(|e| {
-                debug!(error = %e, "cannot encrypt backend data");
-                CloseReason::TlsError
-            })?;
-            self.tally.down.set(self.tally.down.get() + n as u64);
-            plain.clear();
-            self.wake_writer.notify_one();
-        }
-    }
-
-    /// The single writer of the client socket: sends whatever `out` holds, in order.
-    async fn client_writer(&self, mut spare: Vec<u8>) -> Result<(), CloseReason> {
-        loop {
-            let job = {
-                let mut shared = self.shared.borrow_mut();
-                if !shared.out.is_empty() {
-                    Some(shared.out.take(std::mem::take(&mut spare)))
-                } else if let Some(reason) = shared.abort_after_flush {
-                    return Err(reason);
-                } else if shared.downstream_done {
-                    let _ = self.client.shutdown(Shutdown::Write);
-                    return Ok(());
-                } else {
-                    None
-                }
-            };
-            let Some((buf, filled)) = job else {
-                self.wake_writer.notified().await;
-                continue;
-            };
-            self.wake_downstream.notify_one();
-            let (res, slice) = self.client.write_all(buf.slice(..filled)).await;
-            spare = slice.into_inner();
-            res.map_err(|_| CloseReason::ClientIoError)?;
-            self.touch();
-        }
     }
 }

@@ -2,11 +2,13 @@
 //! its own tokio-uring runtime with its own SO_REUSEPORT listener per service. Workers share
 //! only the read-only [`Config`]; counters, connection counts and buffers are worker-local.
 
+mod bufpool;
 mod client_mode;
 mod connection;
 mod ktls_relay;
 mod passthrough;
 mod plain_end;
+mod relay;
 
 use std::cell::{Cell, RefCell};
 use std::net::{SocketAddr, TcpListener as StdListener};
@@ -87,6 +89,8 @@ pub(crate) struct ServiceRt {
     /// Set when a reload replaced this configuration: its health checks stop (open
     /// connections still use it to their end).
     pub retired: Cell<bool>,
+    /// This worker's idle I/O buffers for the service (relay and handshake).
+    buffers: bufpool::BufPool,
 }
 
 /// One route as a worker runs it.
@@ -160,6 +164,7 @@ impl ServiceRt {
             active,
             stats,
             retired: Cell::new(false),
+            buffers: bufpool::BufPool::new(svc.tunables.buffer_size),
         });
         let checks = svc.routes.iter().enumerate().flat_map(|(r, route)| {
             route

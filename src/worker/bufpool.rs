@@ -1,0 +1,112 @@
+//! A worker's idle I/O buffers for one service: the relay borrows one only while bytes move
+//! through it, so an idle connection holds none (issue 9: memory per idle connection).
+//! Worker-local (no lock); every buffer has the same size, large enough for a whole TLS
+//! record plus the service's `buffer_size`, so one pool serves reads and TLS output alike.
+
+use std::cell::RefCell;
+
+use crate::conn::tls::{out_capacity, OutBuf, MAX_RECORD_WIRE};
+
+/// Idle buffers kept per kind; beyond that, returned buffers are freed.
+const MAX_IDLE: usize = 64;
+
+pub(super) struct BufPool {
+    size: usize,
+    /// Empty (`len == 0`) buffers for reads and plaintext.
+    plain: RefCell<Vec<Vec<u8>>>,
+    /// Initialised (`len == size`) storage for [`OutBuf`]s.
+    out: RefCell<Vec<Vec<u8>>>,
+}
+
+impl BufPool {
+    pub(super) fn new(buffer_size: usize) -> Self {
+        BufPool {
+            size: out_capacity(buffer_size.max(MAX_RECORD_WIRE)),
+            plain: RefCell::new(Vec::new()),
+            out: RefCell::new(Vec::new()),
+        }
+    }
+
+    /// An empty buffer with room for a whole record (and the service's `buffer_size`).
+    pub(super) fn take(&self) -> Vec<u8> {
+        self.plain
+            .borrow_mut()
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(self.size))
+    }
+
+    /// Takes back a buffer from [`BufPool::take`] (others are simply freed).
+    pub(super) fn give(&self, mut buf: Vec<u8>) {
+        let mut plain = self.plain.borrow_mut();
+        if buf.capacity() == self.size && plain.len() < MAX_IDLE {
+            buf.clear();
+            plain.push(buf);
+        }
+    }
+
+    /// Gives `out` storage if it has none.
+    pub(super) fn fill_out(&self, out: &mut OutBuf) {
+        if out.storage() == 0 {
+            let storage = self
+                .out
+                .borrow_mut()
+                .pop()
+                .unwrap_or_else(|| vec![0; self.size]);
+            out.restore(storage);
+        }
+    }
+
+    /// Takes back an empty `out`'s storage.
+    pub(super) fn drain_out(&self, out: &mut OutBuf) {
+        if !out.is_empty() || out.storage() == 0 {
+            return;
+        }
+        let (storage, _) = out.take(Vec::new());
+        let mut idle = self.out.borrow_mut();
+        if storage.len() == self.size && idle.len() < MAX_IDLE {
+            idle.push(storage);
+        }
+    }
+
+    #[cfg(test)]
+    fn idle(&self) -> usize {
+        self.plain.borrow().len() + self.out.borrow().len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buffers_are_reused_and_foreign_ones_freed() {
+        let pool = BufPool::new(4096);
+        let mut a = pool.take();
+        assert!(a.capacity() >= MAX_RECORD_WIRE);
+        a.extend_from_slice(b"data");
+        let ptr = a.as_ptr();
+        pool.give(a);
+        let b = pool.take();
+        assert!(b.is_empty(), "handed out empty");
+        assert_eq!(b.as_ptr(), ptr, "the same storage again");
+        pool.give(Vec::with_capacity(10));
+        assert_eq!(pool.idle(), 0, "a buffer of another size is not kept");
+
+        let mut out = OutBuf::with_capacity(0);
+        out.take(Vec::new());
+        pool.fill_out(&mut out);
+        assert_eq!(out.storage(), b.capacity());
+        pool.drain_out(&mut out);
+        assert_eq!((out.storage(), pool.idle()), (0, 1));
+    }
+
+    #[test]
+    fn the_idle_count_is_bounded() {
+        let pool = BufPool::new(1024);
+        let held: Vec<_> = (0..MAX_IDLE + 10).map(|_| pool.take()).collect();
+        for b in held {
+            pool.give(b);
+        }
+        assert_eq!(pool.idle(), MAX_IDLE);
+    }
+}
