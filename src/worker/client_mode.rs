@@ -140,7 +140,7 @@ pub(super) async fn run(
     }
     count_offload(ctx, offload);
     let established = Established {
-        tls,
+        tls: Box::new(tls),
         bufs,
         peer_closed,
     };

@@ -424,7 +424,7 @@ async fn open<'r, 'c>(
     }
 
     let established = Established {
-        tls,
+        tls: Box::new(tls),
         bufs,
         peer_closed,
     };
@@ -953,7 +953,8 @@ pub(super) async fn flush(
 
 /// A connection whose handshake is done, ready to relay.
 pub(super) struct Established<S: Side> {
-    pub(super) tls: Tls<S>,
+    /// Boxed: the relay futures that take it stay small (an idle connection's memory).
+    pub(super) tls: Box<Tls<S>>,
     pub(super) bufs: Buffers,
     /// The client already sent close_notify.
     pub(super) peer_closed: bool,

@@ -16,6 +16,8 @@ use tokio_uring::net::TcpStream;
 
 use crate::conn::tls::{ClientTls, OutBuf};
 
+/// The TLS variant's futures are boxed: they are large, and the relay's future (whose
+/// size every idle connection pays) would otherwise hold room for them on plain backends.
 pub(super) enum PlainEnd<'a> {
     Tcp(&'a TcpStream),
     Tls(&'a TlsEnd<'a>),
@@ -27,14 +29,14 @@ impl PlainEnd<'_> {
     pub(super) async fn read(&self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
         match self {
             PlainEnd::Tcp(s) => s.read(buf).await,
-            PlainEnd::Tls(t) => t.read(buf).await,
+            PlainEnd::Tls(t) => Box::pin(t.read(buf)).await,
         }
     }
 
     pub(super) async fn write_all(&self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
         match self {
             PlainEnd::Tcp(s) => s.write_all(buf).await,
-            PlainEnd::Tls(t) => t.write_all(buf).await,
+            PlainEnd::Tls(t) => Box::pin(t.write_all(buf)).await,
         }
     }
 
@@ -44,7 +46,7 @@ impl PlainEnd<'_> {
             PlainEnd::Tcp(s) => {
                 let _ = s.shutdown(Shutdown::Write);
             }
-            PlainEnd::Tls(t) => t.shutdown_write().await,
+            PlainEnd::Tls(t) => Box::pin(t.shutdown_write()).await,
         }
     }
 }

@@ -43,7 +43,7 @@ use crate::io::{nb, sockopt};
 
 /// State both flows touch (one thread; no borrow is held across an await).
 struct Shared<S: Side> {
-    tls: Tls<S>,
+    tls: Box<Tls<S>>,
     /// Peer bytes rustls has not consumed yet: empty without storage while idle, a pooled
     /// buffer while a record is incomplete. Kept here so the write path shows rustls the
     /// same bytes (see `conn::tls` invariants).
