@@ -209,3 +209,32 @@ fn garbage_client_hello_is_rejected_without_disturbing_others() {
         "rejected connections should produce a WARN line with reason="
     );
 }
+
+#[test]
+fn a_client_refusing_the_certificate_is_a_counted_failure_not_a_crash() {
+    // The client reads tlsfront's flight, rejects the certificate and answers with an alert:
+    // the handshake fails after tlsfront already sent everything it had (nothing left to
+    // flush — this once reached a write of an empty buffer, a panic).
+    let env = TestEnv::new();
+    let stranger = TestEnv::new(); // another CA
+    let echo = Backend::echo();
+    let proxy = env.config(echo.addr).start();
+    for _ in 0..3 {
+        let refused = tls_connect(proxy.addr(), &stranger.client()).map(|mut s| {
+            // The handshake completes lazily: make it happen.
+            s.write_all(b"x").and_then(|_| s.flush())
+        });
+        assert!(
+            matches!(refused, Err(_) | Ok(Err(_))),
+            "a client with another CA must refuse tlsfront's certificate"
+        );
+    }
+    assert!(
+        proxy.wait_for_log_count("reason=tls_error", 3, Duration::from_secs(5)),
+        "{}",
+        proxy.log()
+    );
+    let mut good = tls_connect_ok(proxy.addr(), &env.client());
+    assert_echo(&mut good, &random_bytes(64 * KIB), "echo after the refusals");
+    assert!(!proxy.log().contains("panicked"), "{}", proxy.log());
+}

@@ -940,11 +940,15 @@ async fn read_append(stream: &TcpStream, buf: Vec<u8>) -> (std::io::Result<usize
 }
 
 /// Writes all of `out` to the client, swapping storage with `spare` so no bytes are copied.
+/// Nothing to send is a no-op (the storage may then be empty, which a write cannot take).
 pub(super) async fn flush(
     client: &TcpStream,
     out: &mut OutBuf,
     spare: &mut Vec<u8>,
 ) -> std::io::Result<()> {
+    if out.is_empty() {
+        return Ok(());
+    }
     let (buf, filled) = out.take(std::mem::take(spare));
     let (res, slice) = client.write_all(buf.slice(..filled)).await;
     *spare = slice.into_inner();
