@@ -235,6 +235,10 @@ fn a_client_refusing_the_certificate_is_a_counted_failure_not_a_crash() {
         proxy.log()
     );
     let mut good = tls_connect_ok(proxy.addr(), &env.client());
-    assert_echo(&mut good, &random_bytes(64 * KIB), "echo after the refusals");
+    assert_echo(
+        &mut good,
+        &random_bytes(64 * KIB),
+        "echo after the refusals",
+    );
     assert!(!proxy.log().contains("panicked"), "{}", proxy.log());
 }

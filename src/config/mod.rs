@@ -331,7 +331,9 @@ impl Default for Keepalive {
 impl Default for Tunables {
     fn default() -> Self {
         Tunables {
-            buffer_size: 16 * 1024,
+            // Borrowed per transfer from the worker's pool (an idle connection holds none):
+            // 64 KiB moves bulk data in a quarter of the syscalls 16 KiB needs.
+            buffer_size: 64 * 1024,
             nodelay: true,
             keepalive: Some(Keepalive::default()),
             rcvbuf: None,

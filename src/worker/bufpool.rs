@@ -7,11 +7,15 @@ use std::cell::RefCell;
 
 use crate::conn::tls::{out_capacity, OutBuf, MAX_RECORD_WIRE};
 
-/// Idle buffers kept per kind; beyond that, returned buffers are freed.
-const MAX_IDLE: usize = 64;
+/// Bytes of idle buffers kept per kind (at least [`MIN_IDLE`] buffers); beyond that,
+/// returned buffers are freed. A relay step borrows and returns within one turn, so a few
+/// idle buffers serve many busy connections.
+const MAX_IDLE_BYTES: usize = 1 << 20;
+const MIN_IDLE: usize = 4;
 
 pub(super) struct BufPool {
     size: usize,
+    max_idle: usize,
     /// Empty (`len == 0`) buffers for reads and plaintext.
     plain: RefCell<Vec<Vec<u8>>>,
     /// Initialised (`len == size`) storage for [`OutBuf`]s.
@@ -20,8 +24,10 @@ pub(super) struct BufPool {
 
 impl BufPool {
     pub(super) fn new(buffer_size: usize) -> Self {
+        let size = out_capacity(buffer_size.max(MAX_RECORD_WIRE));
         BufPool {
-            size: out_capacity(buffer_size.max(MAX_RECORD_WIRE)),
+            size,
+            max_idle: (MAX_IDLE_BYTES / size).max(MIN_IDLE),
             plain: RefCell::new(Vec::new()),
             out: RefCell::new(Vec::new()),
         }
@@ -38,7 +44,7 @@ impl BufPool {
     /// Takes back a buffer from [`BufPool::take`] (others are simply freed).
     pub(super) fn give(&self, mut buf: Vec<u8>) {
         let mut plain = self.plain.borrow_mut();
-        if buf.capacity() == self.size && plain.len() < MAX_IDLE {
+        if buf.capacity() == self.size && plain.len() < self.max_idle {
             buf.clear();
             plain.push(buf);
         }
@@ -63,7 +69,7 @@ impl BufPool {
         }
         let (storage, _) = out.take(Vec::new());
         let mut idle = self.out.borrow_mut();
-        if storage.len() == self.size && idle.len() < MAX_IDLE {
+        if storage.len() == self.size && idle.len() < self.max_idle {
             idle.push(storage);
         }
     }
@@ -101,12 +107,20 @@ mod tests {
     }
 
     #[test]
-    fn the_idle_count_is_bounded() {
-        let pool = BufPool::new(1024);
-        let held: Vec<_> = (0..MAX_IDLE + 10).map(|_| pool.take()).collect();
-        for b in held {
-            pool.give(b);
+    fn idle_buffers_are_bounded_in_bytes() {
+        for buffer_size in [1024, 64 * 1024, 1 << 20] {
+            let pool = BufPool::new(buffer_size);
+            let held: Vec<_> = (0..100).map(|_| pool.take()).collect();
+            for b in held {
+                pool.give(b);
+            }
+            let kept = pool.idle();
+            assert!(kept >= MIN_IDLE, "{buffer_size}: {kept}");
+            assert!(
+                kept * pool.size <= MAX_IDLE_BYTES || kept == MIN_IDLE,
+                "{buffer_size}: {kept} × {}",
+                pool.size
+            );
         }
-        assert_eq!(pool.idle(), MAX_IDLE);
     }
 }

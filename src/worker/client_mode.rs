@@ -73,7 +73,7 @@ pub(super) async fn run(
             return CloseReason::TlsError;
         }
     };
-    let mut bufs = Buffers::new(&rt.buffers);
+    let mut bufs = Buffers::new();
     let handshaken = tokio::select! {
         r = tokio::time::timeout(svc.tunables.handshake_timeout, handshake(&remote, &mut tls, &mut bufs)) => r,
         _ = ctx.force_close.notified() => Ok(Err(CloseReason::DrainTimeout)),

@@ -13,7 +13,6 @@ use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::TcpStream;
 use tracing::{debug, info, warn};
 
-use super::bufpool::BufPool;
 use super::plain_end::{PlainEnd, TlsEnd};
 use super::relay::relay;
 use super::{client_mode, ktls_relay, passthrough, ServiceRt, WorkerCtx};
@@ -23,7 +22,7 @@ use crate::conn::close::CloseReason;
 use crate::conn::offload::{self, Offload, UserspaceReason};
 use crate::conn::proxy_in::{self, Inbound};
 use crate::conn::starttls_offer::{Greeting, GreetingStep, Offer, OfferDialogue, Step};
-use crate::conn::tls::{ClientTls, OutBuf, ServerTls, Side, Tls, TlsError};
+use crate::conn::tls::{ClientTls, OutBuf, ServerTls, Side, Tls, TlsError, MAX_RECORD_WIRE};
 use crate::io::connect::{self, ConnectError};
 use crate::io::ktls;
 use crate::io::sockopt;
@@ -58,10 +57,15 @@ impl Drop for Slot {
     }
 }
 
-/// A connection's buffers while it opens (PROXY header, STARTTLS, handshake), borrowed from
-/// the worker's pool; the relay gives them back and borrows per transfer instead.
+/// First size of the output buffer while a connection opens: a handshake flight fits (it
+/// grows for a longer certificate chain).
+const INITIAL_OUT: usize = 4096;
+
+/// A connection's buffers while it opens (PROXY header, STARTTLS, handshake): one record's
+/// worth, not the relay's transfer size, so many concurrent handshakes stay small. The relay
+/// frees them and borrows pooled buffers per transfer instead.
 pub(super) struct Buffers {
-    /// Bytes from the peer not yet processed (room for at least one whole record).
+    /// Bytes from the peer not yet processed (room for one whole record).
     pub(super) incoming: Vec<u8>,
     /// Plaintext the peer sent with its last handshake flight (usually none).
     pub(super) upstream: Vec<u8>,
@@ -72,13 +76,11 @@ pub(super) struct Buffers {
 }
 
 impl Buffers {
-    pub(super) fn new(pool: &BufPool) -> Self {
-        let mut out = OutBuf::with_capacity(0);
-        pool.fill_out(&mut out);
+    pub(super) fn new() -> Self {
         Buffers {
-            incoming: pool.take(),
+            incoming: Vec::with_capacity(MAX_RECORD_WIRE),
             upstream: Vec::new(),
-            out,
+            out: OutBuf::with_capacity(INITIAL_OUT),
             out_spare: Vec::new(),
         }
     }
@@ -228,7 +230,7 @@ async fn open<'r, 'c>(
     ready: &mut Option<Ready<'r, 'c>>,
 ) -> CloseReason {
     let svc = rt.svc();
-    let mut bufs = Buffers::new(&rt.buffers);
+    let mut bufs = Buffers::new();
     let mut session: Option<ServerTls> = None;
     let mut peer = peer;
     let hello_and_handshake = async {
@@ -460,7 +462,7 @@ async fn backend_handshake<'b>(
     };
     let mut tls = ClientTls::new(config.clone(), side.server_name.clone())
         .map_err(|_| CloseReason::BackendTlsError)?;
-    let mut bufs = Buffers::new(&rt.buffers);
+    let mut bufs = Buffers::new();
     let done = tokio::time::timeout(
         svc.tunables.handshake_timeout,
         handshake(backend, &mut tls, &mut bufs),

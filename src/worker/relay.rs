@@ -93,15 +93,17 @@ pub(super) async fn relay<S: Side>(
         PlainEnd::Tcp(s) => Some(s.as_raw_fd()),
         PlainEnd::Tls(_) => None,
     };
-    // The handshake's buffers go back to the pool; only unconsumed bytes are kept.
+    // The opening's buffers are freed; only unconsumed bytes (a partial record) and unsent
+    // ones are kept until they are dealt with.
     let mut incoming = bufs.incoming;
     if incoming.is_empty() {
-        pool.give(std::mem::take(&mut incoming));
+        incoming = Vec::new();
     }
     let mut out = bufs.out;
-    pool.give(bufs.out_spare);
+    if out.is_empty() {
+        out.take(Vec::new());
+    }
     let early_plain = bufs.upstream;
-    pool.drain_out(&mut out);
     let relay = Relay {
         peer: peer_fd,
         plain,
