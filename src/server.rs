@@ -134,7 +134,9 @@ fn bind_service(
             .map_err(bind_err)?;
         socket.set_reuse_address(true).map_err(bind_err)?;
         socket.set_reuse_port(true).map_err(bind_err)?;
-        crate::io::sockopt::apply_buffer_sizes(&socket2::SockRef::from(&socket), &svc.tunables)
+        // Accepted sockets inherit these (Linux copies the listener's options), so a new
+        // connection costs no setsockopt calls.
+        crate::io::sockopt::apply_stream_tunables(&socket2::SockRef::from(&socket), &svc.tunables)
             .map_err(bind_err)?;
         socket.bind(&addr.into()).map_err(bind_err)?;
         socket

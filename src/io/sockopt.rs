@@ -55,6 +55,43 @@ mod tests {
     use std::time::Duration;
 
     #[test]
+    fn accepted_sockets_inherit_the_listeners_tunables() {
+        // tlsfront sets them once on the listener and relies on this.
+        let listener =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        let t = Tunables {
+            nodelay: true,
+            keepalive: Some(Keepalive {
+                idle: Duration::from_secs(61),
+                interval: Duration::from_secs(11),
+                count: 6,
+            }),
+            ..Tunables::default()
+        };
+        apply_stream_tunables(&SockRef::from(&listener), &t).unwrap();
+        listener
+            .bind(
+                &"127.0.0.1:0"
+                    .parse::<std::net::SocketAddr>()
+                    .unwrap()
+                    .into(),
+            )
+            .unwrap();
+        listener.listen(8).unwrap();
+        let addr = listener.local_addr().unwrap().as_socket().unwrap();
+        let _client = TcpStream::connect(addr).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        assert!(accepted.nodelay().unwrap());
+        assert!(accepted.keepalive().unwrap());
+        assert_eq!(accepted.keepalive_time().unwrap(), Duration::from_secs(61));
+        assert_eq!(
+            accepted.keepalive_interval().unwrap(),
+            Duration::from_secs(11)
+        );
+        assert_eq!(accepted.keepalive_retries().unwrap(), 6);
+    }
+
+    #[test]
     fn tunables_reach_the_socket() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let stream = TcpStream::connect(listener.local_addr().unwrap()).unwrap();

@@ -119,11 +119,7 @@ pub(super) async fn serve(
     let svc = rt.svc();
     let started = Instant::now();
     debug!(worker = ctx.id, service = %svc.name, %peer, "accepted");
-    if let Err(e) = sockopt::with_sockref(&client, |s| {
-        sockopt::apply_stream_tunables(&s, &svc.tunables)
-    }) {
-        debug!(%peer, error = %e, "could not set client socket options");
-    }
+    // Socket options (nodelay, keepalive, buffer sizes) came with the listener's.
     let tally = Tally::default();
     let client_mode = rt.client_tls.is_some();
     let reason = if client_mode {

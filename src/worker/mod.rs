@@ -421,6 +421,15 @@ fn apply_reload(ctx: &Rc<WorkerCtx>, old: Vec<ListenerRt>, reload: Reload) -> Ve
                     previous.active.clone(),
                     previous.stats.clone(),
                 );
+                // Accepted sockets inherit the listener's options: give it the new ones.
+                let tunables = &rt.svc().tunables;
+                let applied = crate::io::sockopt::apply_stream_tunables(
+                    &socket2::SockRef::from(&l.shutdown_handle),
+                    tunables,
+                );
+                if let Err(e) = applied {
+                    warn!(worker = ctx.id, %addr, error = %e, "reload: cannot set socket options on the kept listener");
+                }
                 *l.current.borrow_mut() = rt;
                 next.push(l);
             }
