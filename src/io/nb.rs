@@ -5,10 +5,13 @@
 use std::io;
 use std::os::fd::AsRawFd;
 
-/// Receives into `buf`'s spare capacity, after the bytes it holds: `Ok(0)` is the end of the
-/// stream, `WouldBlock` means nothing is there (yet). `buf` must have spare capacity.
-pub fn recv_append(sock: &impl AsRawFd, buf: &mut Vec<u8>) -> io::Result<usize> {
+/// Receives at most `max` bytes into `buf`'s spare capacity, after the bytes it holds:
+/// `Ok(0)` is the end of the stream, `WouldBlock` means nothing is there (yet). `buf` must
+/// have spare capacity.
+pub fn recv_append(sock: &impl AsRawFd, buf: &mut Vec<u8>, max: usize) -> io::Result<usize> {
     let spare = buf.spare_capacity_mut();
+    let room = max.min(spare.len());
+    let spare = &mut spare[..room];
     if spare.is_empty() {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -62,23 +65,25 @@ mod tests {
         let (mut a, b) = UnixStream::pair().unwrap();
         let mut buf = Vec::with_capacity(8);
         buf.extend_from_slice(b"ab");
-        let err = recv_append(&b, &mut buf).unwrap_err();
+        let all = usize::MAX;
+        let err = recv_append(&b, &mut buf, all).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::WouldBlock);
         a.write_all(b"cdefghijk").unwrap();
+        assert_eq!(recv_append(&b, &mut buf, 2).unwrap(), 2, "at most max");
         assert_eq!(
-            recv_append(&b, &mut buf).unwrap(),
-            6,
+            recv_append(&b, &mut buf, all).unwrap(),
+            4,
             "only the spare capacity"
         );
         assert_eq!(buf, b"abcdefgh");
         assert_eq!(
-            recv_append(&b, &mut buf).unwrap_err().kind(),
+            recv_append(&b, &mut buf, all).unwrap_err().kind(),
             ErrorKind::InvalidInput
         );
         let mut rest = Vec::with_capacity(8);
-        assert_eq!(recv_append(&b, &mut rest).unwrap(), 3);
+        assert_eq!(recv_append(&b, &mut rest, all).unwrap(), 3);
         drop(a);
-        assert_eq!(recv_append(&b, &mut rest).unwrap(), 0);
+        assert_eq!(recv_append(&b, &mut rest, all).unwrap(), 0);
     }
 
     #[test]

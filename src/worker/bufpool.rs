@@ -15,6 +15,9 @@ const MIN_IDLE: usize = 4;
 
 pub(super) struct BufPool {
     size: usize,
+    /// The most plaintext one step reads (`buffer_size`): its records, with their overhead
+    /// and room for control records, fit one output buffer.
+    plain_step: usize,
     max_idle: usize,
     /// Empty (`len == 0`) buffers for reads and plaintext.
     plain: RefCell<Vec<Vec<u8>>>,
@@ -27,6 +30,7 @@ impl BufPool {
         let size = out_capacity(buffer_size.max(MAX_RECORD_WIRE));
         BufPool {
             size,
+            plain_step: buffer_size,
             max_idle: (MAX_IDLE_BYTES / size).max(MIN_IDLE),
             plain: RefCell::new(Vec::new()),
             out: RefCell::new(Vec::new()),
@@ -48,6 +52,12 @@ impl BufPool {
             buf.clear();
             plain.push(buf);
         }
+    }
+
+    /// The most plaintext to read in one step, so its encryption fits an output buffer
+    /// without growing it.
+    pub(super) fn plain_step(&self) -> usize {
+        self.plain_step
     }
 
     /// Gives `out` storage if it has none.
@@ -104,6 +114,17 @@ mod tests {
         assert_eq!(out.storage(), b.capacity());
         pool.drain_out(&mut out);
         assert_eq!((out.storage(), pool.idle()), (0, 1));
+    }
+
+    #[test]
+    fn a_plain_step_encrypts_into_one_output_buffer() {
+        for buffer_size in [1024, 16 * 1024, 64 * 1024, 1 << 20] {
+            let pool = BufPool::new(buffer_size);
+            assert!(
+                out_capacity(pool.plain_step()) <= pool.size,
+                "{buffer_size}"
+            );
+        }
     }
 
     #[test]

@@ -241,7 +241,7 @@ impl<S: Side> Relay<'_, S> {
                 );
                 return Err(CloseReason::TlsError);
             }
-            match nb::recv_append(&self.peer, incoming) {
+            match nb::recv_append(&self.peer, incoming, usize::MAX) {
                 Ok(n) => return Ok(n),
                 Err(e) if retry(&e) => {
                     if incoming.is_empty() {
@@ -303,7 +303,7 @@ impl<S: Side> Relay<'_, S> {
                 .await
                 .map_err(|_| CloseReason::BackendIoError)?;
             let mut buf = self.pool.take();
-            match nb::recv_append(fd, &mut buf) {
+            match nb::recv_append(fd, &mut buf, self.pool.plain_step()) {
                 Ok(_) => return Ok(buf),
                 Err(e) if retry(&e) => self.pool.give(buf),
                 Err(_) => {
