@@ -3,6 +3,7 @@
 mod common;
 
 use std::io::Write;
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -241,4 +242,66 @@ fn a_client_refusing_the_certificate_is_a_counted_failure_not_a_crash() {
         "echo after the refusals",
     );
     assert!(!proxy.log().contains("panicked"), "{}", proxy.log());
+}
+
+/// Seals one TLS 1.3 application-data record carrying `inner` (content byte last) with the
+/// client's traffic key, as the client's next record.
+fn seal_next_record(secrets: rustls::ExtractedSecrets, inner: &[u8]) -> Vec<u8> {
+    use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_128_GCM};
+    let (seq, tx) = secrets.tx;
+    let rustls::ConnectionTrafficSecrets::Aes128Gcm { key, iv } = tx else {
+        panic!("the test offers only AES-128-GCM");
+    };
+    let key = LessSafeKey::new(UnboundKey::new(&AES_128_GCM, key.as_ref()).unwrap());
+    let mut nonce = [0u8; 12];
+    nonce.copy_from_slice(iv.as_ref());
+    for (i, b) in seq.to_be_bytes().iter().enumerate() {
+        nonce[4 + i] ^= b;
+    }
+    let mut body = inner.to_vec();
+    let len = body.len() + 16;
+    let header = [0x17, 0x03, 0x03, (len >> 8) as u8, len as u8];
+    key.seal_in_place_append_tag(
+        Nonce::assume_unique_for_key(nonce),
+        Aad::from(header),
+        &mut body,
+    )
+    .unwrap();
+    [&header[..], &body].concat()
+}
+
+#[test]
+fn a_handshake_message_split_across_records_after_the_handshake_does_not_stall_the_worker() {
+    // Legal fragmentation: a record holding only the first byte of a KeyUpdate. rustls keeps
+    // that record while it waits for the rest, so `incoming` starts with a whole record it
+    // cannot use yet; the relay once took that for unread input and spun the worker.
+    let env = TestEnv::new();
+    let echo = Backend::echo();
+    let proxy = env.config(echo.addr).start();
+    let mut cfg =
+        (*env.client_with(&ClientOpts::only_suite(suites::TLS13_AES_128_GCM_SHA256))).clone();
+    cfg.enable_secret_extraction = true;
+    let mut tls = tls_connect_ok(proxy.addr(), &Arc::new(cfg));
+    assert_echo(&mut tls, b"hello\n", "echo before the split message");
+    let rustls::StreamOwned { conn, mut sock } = tls;
+    let record = seal_next_record(conn.dangerous_extract_secrets().unwrap(), &[0x18, 0x16]);
+    sock.write_all(&record).unwrap();
+
+    // The one worker still serves a new client promptly, and the split connection itself
+    // just waits for the rest (no close, no reply).
+    // (A stuck worker never finishes this handshake: the client's read timeout fails it.)
+    let mut other = tls_connect_ok(proxy.addr(), &env.client());
+    assert_echo(
+        &mut other,
+        &random_bytes(16 * KIB),
+        "another client meanwhile",
+    );
+    sock.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    let r = std::io::Read::read(&mut sock, &mut byte);
+    assert!(
+        matches!(&r, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut),
+        "the split connection should simply wait: {r:?}"
+    );
 }

@@ -390,3 +390,67 @@ fn random_ticket_keys_survive_a_reload() {
     reload(&proxy, 2);
     assert_eq!(connect(), HandshakeKind::Full);
 }
+
+/// The `tr` (timer) field of /proc/net/tcp for the TCP socket `local` ↔ `remote`: 2 while a
+/// keepalive timer runs on an idle socket, 0 with none. IPv4 only.
+fn tcp_timer(local: SocketAddr, remote: SocketAddr) -> Option<String> {
+    let enc = |a: SocketAddr| match a {
+        SocketAddr::V4(v4) => format!(
+            "{:08X}:{:04X}",
+            u32::from_le_bytes(v4.ip().octets()),
+            v4.port()
+        ),
+        SocketAddr::V6(_) => unreachable!("IPv4 only"),
+    };
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    table.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f[1] == enc(local) && f[2] == enc(remote)).then(|| f[5][..2].to_string())
+    })
+}
+
+#[test]
+fn keepalive_turned_off_by_a_reload_reaches_connections_accepted_after_it() {
+    // Accepted sockets inherit the listener's options, and a reload keeps the listener: it
+    // must be given the new ones, "off" included.
+    let env = TestEnv::new();
+    let echo = Backend::echo();
+    let text = env.config(echo.addr).to_toml();
+    let path = env.write_config(&text);
+    let proxy = Proxy::start(["serve".as_ref(), "--config".as_ref(), path.as_os_str()]);
+    let timer_of = |c: &std::net::TcpStream| {
+        // The proxy's side of the connection: local = proxy, remote = this client.
+        let local = c.peer_addr().unwrap();
+        let remote = c.local_addr().unwrap();
+        for _ in 0..50 {
+            if let Some(t) = tcp_timer(local, remote) {
+                return t;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        panic!("the proxy's socket for {remote} is not in /proc/net/tcp");
+    };
+    let before = tcp_connect(proxy.addr()).unwrap();
+    thread::sleep(Duration::from_millis(100));
+    assert_eq!(timer_of(&before), "02", "keepalive is on by default");
+
+    std::fs::write(
+        &path,
+        text.replace("[[service]]", "[[service]]\nkeepalive = false"),
+    )
+    .unwrap();
+    proxy.signal(Signal::HUP);
+    assert!(
+        proxy.wait_for_log_count("reload ok", 1, Duration::from_secs(10)),
+        "{}",
+        proxy.log()
+    );
+    let after = tcp_connect(proxy.addr()).unwrap();
+    thread::sleep(Duration::from_millis(100));
+    assert_eq!(timer_of(&after), "00", "keepalive = false after the reload");
+    assert_eq!(
+        timer_of(&before),
+        "02",
+        "connections from before keep theirs"
+    );
+}

@@ -31,6 +31,10 @@ pub fn apply_stream_tunables(sock: &SockRef<'_>, t: &Tunables) -> std::io::Resul
             .with_retries(ka.count);
         sock.set_tcp_keepalive(&params)?;
         sock.set_keepalive(true)?;
+    } else {
+        // Explicitly off: a kept listener may have had it on before a reload, and accepted
+        // sockets inherit the listener's setting.
+        sock.set_keepalive(false)?;
     }
     apply_buffer_sizes(sock, t)
 }

@@ -430,6 +430,13 @@ fn apply_reload(ctx: &Rc<WorkerCtx>, old: Vec<ListenerRt>, reload: Reload) -> Ve
                 if let Err(e) = applied {
                     warn!(worker = ctx.id, %addr, error = %e, "reload: cannot set socket options on the kept listener");
                 }
+                let before = &previous.svc().tunables;
+                if (before.rcvbuf.is_some() && tunables.rcvbuf.is_none())
+                    || (before.sndbuf.is_some() && tunables.sndbuf.is_none())
+                {
+                    // The kernel has no "back to the default" for a buffer size that was set.
+                    warn!(worker = ctx.id, %addr, "reload: rcvbuf/sndbuf went back to the kernel default; new connections keep the old sizes until a restart");
+                }
                 *l.current.borrow_mut() = rt;
                 next.push(l);
             }

@@ -89,6 +89,20 @@ impl<'a> TlsEnd<'a> {
         }
     }
 
+    /// The backend socket (to wait for its readiness).
+    pub(super) fn raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        self.sock.as_raw_fd()
+    }
+
+    /// Whether a read would return without touching the socket: the backend ended, or
+    /// `incoming` holds a whole record to decrypt.
+    pub(super) fn has_plaintext_ready(&self) -> bool {
+        let st = self.state.borrow();
+        st.ended
+            || (!st.incoming.is_empty() && crate::conn::tls::record_remaining(&st.incoming) == 0)
+    }
+
     async fn read(&self, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
         buf.clear();
         loop {

@@ -33,7 +33,7 @@ use tokio_uring::net::TcpStream;
 use tracing::debug;
 
 use super::bufpool::BufPool;
-use super::connection::{supervise, Established, Tally};
+use super::connection::{supervise, Buffers, Established, Tally};
 use super::plain_end::PlainEnd;
 use super::{ServiceRt, WorkerCtx};
 use crate::conn::close::CloseReason;
@@ -95,15 +95,20 @@ pub(super) async fn relay<S: Side>(
     };
     // The opening's buffers are freed; only unconsumed bytes (a partial record) and unsent
     // ones are kept until they are dealt with.
-    let mut incoming = bufs.incoming;
+    let Buffers {
+        mut incoming,
+        upstream: early_plain,
+        mut out,
+        out_spare,
+    } = bufs;
+    // (Moved out whole: a partly moved `bufs` would keep `out_spare` for the relay's life.)
+    drop(out_spare);
     if incoming.is_empty() {
         incoming = Vec::new();
     }
-    let mut out = bufs.out;
     if out.is_empty() {
         out.take(Vec::new());
     }
-    let early_plain = bufs.upstream;
     let relay = Relay {
         peer: peer_fd,
         plain,
@@ -160,15 +165,16 @@ impl<S: Side> Relay<'_, S> {
                 self.plain.shutdown_write().await;
                 return Ok(CloseReason::Done);
             }
-            // Records already whole in `incoming` (left by the handshake) need no read.
-            if !self.has_whole_record() {
-                match self.receive_peer().await? {
-                    0 => {
-                        self.plain.shutdown_write().await;
-                        return Ok(CloseReason::ClientEofNoCloseNotify);
-                    }
-                    _ => self.touch(),
+            // `Tls::read` consumed every whole record (the handshake's last call too): what
+            // `incoming` still holds — a partial record, or records rustls keeps while it
+            // reassembles a handshake message split across them — needs more bytes, whatever
+            // its first header says. (Not reading here would spin the worker.)
+            match self.receive_peer().await? {
+                0 => {
+                    self.plain.shutdown_write().await;
+                    return Ok(CloseReason::ClientEofNoCloseNotify);
                 }
+                _ => self.touch(),
             }
             plain = self.pool.take();
             let (progress, has_output) = {
@@ -213,13 +219,6 @@ impl<S: Side> Relay<'_, S> {
                 return reason;
             }
         }
-    }
-
-    /// Whether `incoming` holds a complete record rustls has not seen (only possible right
-    /// after the handshake, which may leave early records unread).
-    fn has_whole_record(&self) -> bool {
-        let shared = self.shared.borrow();
-        !shared.incoming.is_empty() && crate::conn::tls::record_remaining(&shared.incoming) == 0
     }
 
     /// Waits for the peer's bytes and appends what is there to `incoming` (borrowing a
@@ -289,6 +288,15 @@ impl<S: Side> Relay<'_, S> {
     /// stream).
     async fn read_plain(&self) -> Result<Vec<u8>, CloseReason> {
         let Some(fd) = &self.plain_fd else {
+            // A TLS backend: wait for its socket first unless plaintext is already decrypted,
+            // so an idle re-encrypting connection holds no pooled buffer either.
+            if let PlainEnd::Tls(end) = &self.plain {
+                if !end.has_plaintext_ready() {
+                    poll::ready_raw(end.raw_fd(), Interest::Readable)
+                        .await
+                        .map_err(|_| CloseReason::BackendIoError)?;
+                }
+            }
             let (res, buf) = self.plain.read(self.pool.take()).await;
             return match res {
                 Ok(_) => Ok(buf),
