@@ -53,10 +53,12 @@ pub fn out_capacity(plain_len: usize) -> usize {
 /// Bytes waiting to go to the client: a fixed-capacity buffer filled from the front.
 ///
 /// The backing `Vec` always has `len == capacity` (initialised once) so rustls can encode
-/// straight into the spare part; `filled` marks how much is meaningful.
+/// straight into the spare part. The bytes still to send are `buf[start..filled]`: a partial
+/// send moves `start` (no copy), and the rest moves to the front only when more is appended.
 #[derive(Debug)]
 pub struct OutBuf {
     buf: Vec<u8>,
+    start: usize,
     filled: usize,
 }
 
@@ -64,23 +66,27 @@ impl OutBuf {
     pub fn with_capacity(cap: usize) -> Self {
         OutBuf {
             buf: vec![0; cap],
+            start: 0,
             filled: 0,
         }
     }
+    /// How many bytes wait to be sent.
     pub fn filled(&self) -> usize {
-        self.filled
+        self.filled - self.start
     }
     pub fn is_empty(&self) -> bool {
-        self.filled == 0
+        self.filled == self.start
     }
+    /// Room to append without growing (once what was sent is reclaimed).
     pub fn spare(&self) -> usize {
-        self.buf.len() - self.filled
+        self.buf.len() - self.filled()
     }
     pub fn as_slice(&self) -> &[u8] {
-        &self.buf[..self.filled]
+        &self.buf[self.start..self.filled]
     }
     /// Hands out the backing storage (for an owned-buffer write) and how much of it is filled.
     pub fn take(&mut self, replacement: Vec<u8>) -> (Vec<u8>, usize) {
+        self.compact();
         let filled = std::mem::replace(&mut self.filled, 0);
         (std::mem::replace(&mut self.buf, replacement), filled)
     }
@@ -88,24 +94,35 @@ impl OutBuf {
     pub fn storage(&self) -> usize {
         self.buf.len()
     }
-    /// Drops the first `n` bytes (they were sent); what follows moves to the front.
+    /// Drops the first `n` bytes waiting (they were sent).
     pub fn consume(&mut self, n: usize) {
-        if n >= self.filled {
+        self.start = (self.start + n).min(self.filled);
+        if self.start == self.filled {
+            self.start = 0;
             self.filled = 0;
-        } else {
-            self.buf.copy_within(n..self.filled, 0);
-            self.filled -= n;
         }
     }
     /// Returns storage handed out by [`OutBuf::take`] once its bytes were sent.
     pub fn restore(&mut self, buf: Vec<u8>) {
-        debug_assert_eq!(self.filled, 0);
+        debug_assert!(self.is_empty());
         self.buf = buf;
+        self.start = 0;
+        self.filled = 0;
+    }
+    /// Moves the bytes still to send to the front (before appending).
+    fn compact(&mut self) {
+        if self.start > 0 {
+            self.buf.copy_within(self.start..self.filled, 0);
+            self.filled -= self.start;
+            self.start = 0;
+        }
     }
     fn spare_mut(&mut self) -> &mut [u8] {
+        self.compact();
         &mut self.buf[self.filled..]
     }
     fn grow_for(&mut self, extra: usize) {
+        self.compact();
         let need = self.filled + extra;
         if need > self.buf.len() {
             self.buf.resize(need, 0);
@@ -669,6 +686,24 @@ mod tests {
         out.consume(3);
         assert!(out.is_empty());
         assert_eq!(out.storage(), 8);
+        // A partial send moves a cursor; appending brings the rest to the front first.
+        out.spare_mut()[..6].copy_from_slice(b"abcdef");
+        out.filled = 6;
+        out.consume(4);
+        assert_eq!(
+            (out.as_slice(), out.filled(), out.spare()),
+            (&b"ef"[..], 2, 6)
+        );
+        out.spare_mut()[..3].copy_from_slice(b"ghi");
+        out.filled += 3;
+        assert_eq!(out.as_slice(), b"efghi");
+        out.consume(1);
+        let (storage, filled) = out.take(vec![0; 8]);
+        assert_eq!(
+            &storage[..filled],
+            b"fghi",
+            "take hands out the unsent bytes from 0"
+        );
         let (storage, filled) = out.take(Vec::new());
         assert_eq!((storage.len(), filled, out.storage()), (8, 0, 0));
     }
