@@ -5,7 +5,8 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -101,9 +102,7 @@ fn smtp_starttls_in_front_of_a_plaintext_server() {
     assert!(reply(&mut r).starts_with("220 "));
     drop(r);
 
-    let name = ServerName::try_from("localhost").unwrap();
-    let conn = rustls::ClientConnection::new(env.client(), name).unwrap();
-    let mut tls = rustls::StreamOwned::new(conn, sock);
+    let mut tls = upgrade(&env, sock);
     // Inside TLS the client starts over with EHLO; the backend answers (its greeting was
     // taken by tlsfront, so the first thing the client reads is the EHLO reply).
     tls.write_all(b"EHLO client.example\r\n").unwrap();
@@ -229,30 +228,21 @@ fn imap_and_pop3_starttls_hand_over_to_the_backend() {
         .service("starttls = \"imap\"")
         .start();
     let sock = tcp_connect(proxy.addr()).unwrap();
-    let mut w = sock.try_clone().unwrap();
-    let mut r = BufReader::new(sock.try_clone().unwrap());
-    let mut line = String::new();
-    r.read_line(&mut line).unwrap();
-    assert!(line.contains("STARTTLS"), "{line}");
-    w.write_all(b"a1 LOGIN alice secret\r\n").unwrap();
-    line.clear();
-    r.read_line(&mut line).unwrap();
-    assert!(line.starts_with("a1 NO"), "{line}");
-    w.write_all(b"a2 STARTTLS\r\n").unwrap();
-    line.clear();
-    r.read_line(&mut line).unwrap();
-    assert!(line.starts_with("a2 OK"), "{line}");
+    let (mut w, mut r) = (
+        sock.try_clone().unwrap(),
+        BufReader::new(sock.try_clone().unwrap()),
+    );
+    let greeting = say(&mut w, &mut r, b"");
+    assert!(greeting.contains("STARTTLS"), "{greeting}");
+    let refused = say(&mut w, &mut r, b"a1 LOGIN alice secret\r\n");
+    assert!(refused.starts_with("a1 NO"), "{refused}");
+    let agreed = say(&mut w, &mut r, b"a2 STARTTLS\r\n");
+    assert!(agreed.starts_with("a2 OK"), "{agreed}");
     drop(r);
-    let conn =
-        rustls::ClientConnection::new(env.client(), ServerName::try_from("localhost").unwrap())
-            .unwrap();
-    let mut tls = rustls::StreamOwned::new(conn, sock);
-    tls.write_all(b"a3 LOGIN alice secret\r\n").unwrap();
-    let mut tr = BufReader::new(tls);
-    line.clear();
-    tr.read_line(&mut line).unwrap();
+    let mut tls = upgrade(&env, sock);
     assert_eq!(
-        line, "a3 OK from backend\r\n",
+        say_tls(&mut tls, b"a3 LOGIN alice secret\r\n"),
+        "a3 OK from backend\r\n",
         "the backend's greeting was taken"
     );
 
@@ -269,27 +259,50 @@ fn imap_and_pop3_starttls_hand_over_to_the_backend() {
     });
     let proxy = env.config(pop.addr).service("starttls = \"pop3\"").start();
     let sock = tcp_connect(proxy.addr()).unwrap();
-    let mut w = sock.try_clone().unwrap();
-    let mut r = BufReader::new(sock.try_clone().unwrap());
-    line.clear();
-    r.read_line(&mut line).unwrap();
-    assert!(line.starts_with("+OK"), "{line}");
-    w.write_all(b"USER alice\r\n").unwrap();
-    line.clear();
-    r.read_line(&mut line).unwrap();
-    assert!(line.starts_with("-ERR"), "{line}");
-    w.write_all(b"STLS\r\n").unwrap();
-    line.clear();
-    r.read_line(&mut line).unwrap();
-    assert!(line.starts_with("+OK"), "{line}");
+    let (mut w, mut r) = (
+        sock.try_clone().unwrap(),
+        BufReader::new(sock.try_clone().unwrap()),
+    );
+    let greeting = say(&mut w, &mut r, b"");
+    assert!(greeting.starts_with("+OK"), "{greeting}");
+    let refused = say(&mut w, &mut r, b"USER alice\r\n");
+    assert!(refused.starts_with("-ERR"), "{refused}");
+    let agreed = say(&mut w, &mut r, b"STLS\r\n");
+    assert!(agreed.starts_with("+OK"), "{agreed}");
     drop(r);
-    let conn =
-        rustls::ClientConnection::new(env.client(), ServerName::try_from("localhost").unwrap())
-            .unwrap();
-    let mut tls = rustls::StreamOwned::new(conn, sock);
-    tls.write_all(b"USER alice\r\n").unwrap();
-    let mut tr = BufReader::new(tls);
-    line.clear();
-    tr.read_line(&mut line).unwrap();
-    assert_eq!(line, "+OK backend got USER alice\r\n");
+    let mut tls = upgrade(&env, sock);
+    assert_eq!(
+        say_tls(&mut tls, b"USER alice\r\n"),
+        "+OK backend got USER alice\r\n"
+    );
+}
+
+/// Sends `command` (nothing if empty) and returns the one line that answers it.
+fn say(w: &mut impl Write, r: &mut impl BufRead, command: &[u8]) -> String {
+    w.write_all(command).unwrap();
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    line
+}
+
+/// The same inside TLS: the stream serves both ways, so it is read a byte at a time (no
+/// read-ahead past the answer).
+fn say_tls(tls: &mut (impl Read + Write), command: &[u8]) -> String {
+    tls.write_all(command).unwrap();
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while !line.ends_with(b"\n") && tls.read(&mut byte).unwrap() == 1 {
+        line.push(byte[0]);
+    }
+    String::from_utf8(line).unwrap()
+}
+
+/// TLS over `sock` once the plaintext part agreed to it (verifying "localhost").
+fn upgrade(
+    env: &TestEnv,
+    sock: TcpStream,
+) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+    let name = ServerName::try_from("localhost").unwrap();
+    let conn = rustls::ClientConnection::new(env.client(), name).unwrap();
+    rustls::StreamOwned::new(conn, sock)
 }

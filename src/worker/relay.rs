@@ -135,10 +135,9 @@ pub(super) async fn relay<S: Side>(
             reason = relay.writer() => reason,
         }
     };
-    let reason = supervise(ctx, svc.tunables.idle_timeout, &relay.last_activity, flows).await;
-    // Buffers a flow still held (a partial record, unsent bytes) are freed with `relay`;
-    // the pool only takes back what a flow returned.
-    reason
+    // Buffers a flow still holds at the end (a partial record, unsent bytes) are freed with
+    // `relay`; the pool only takes back what a flow returned.
+    supervise(ctx, svc.tunables.idle_timeout, &relay.last_activity, flows).await
 }
 
 impl<S: Side> Relay<'_, S> {
