@@ -62,9 +62,10 @@ CONF
 PID=$!
 sleep 3
 if [ "$SPREAD" = 1 ]; then
-    exec "${PIN1[@]}" "$BIN/tlsfront-load" hold --connect 127.0.0.1:18443 --sni localhost \
+    "${PIN1[@]}" "$BIN/tlsfront-load" hold --connect 127.0.0.1:18443 --sni localhost \
         --insecure --connections "$N" --concurrency 64 --duration "$DURATION" --threads 1 \
         --pid "$PID"
+    exit
 fi
 sample() { # RSS (kB), fds, established client connections
     echo "$(awk '/^VmRSS/ {print $2}' /proc/$PID/status) $(ls /proc/$PID/fd | wc -l)" \
