@@ -394,6 +394,39 @@ fn ktls_no_fd_or_pipe_leak_after_2000_connections() {
     assert!(num(line, "pipes_idle") <= 128, "{line}");
 }
 
+/// An idle kTLS connection holds no pipe: each direction borrows one from the worker's
+/// pool while records flow and hands it back empty (16 idle connections would otherwise
+/// hold 32 pipes, 64 descriptors), and relays again when bytes come.
+#[test]
+fn idle_ktls_connections_hold_no_pipes() {
+    if !have_ktls("idle_ktls_connections_hold_no_pipes") {
+        return;
+    }
+    let env = TestEnv::new();
+    let echo = Backend::echo();
+    let proxy = ktls_proxy(&env, echo.addr);
+    let cfg = env.client_with(&ClientOpts::tls13());
+    let before = unpooled_pipe_fds(&proxy);
+    let mut held = Vec::new();
+    for i in 0..16 {
+        let mut tls = tls_connect_ok(proxy.addr(), &cfg);
+        assert_echo(&mut tls, format!("conn {i}\n").as_bytes(), "echo");
+        held.push(tls);
+    }
+    assert_eq!(
+        unpooled_pipe_fds(&proxy),
+        before,
+        "idle connections hold pipes: {:?}",
+        proxy.fd_targets()
+    );
+    let data = random_bytes(256 * 1024);
+    for (i, tls) in held.iter_mut().enumerate() {
+        assert_echo(tls, &data, &format!("connection {i} after idling"));
+    }
+    let stats = worker_stats(&proxy, 1);
+    assert_eq!(num(stats.get("0").unwrap(), "offload_ktls"), 16);
+}
+
 /// The io::ktls primitives against the real kernel: records sent with TLS_TX are counted in
 /// the kernel's sequence number, and an alert sent with TLS_SET_RECORD_TYPE arrives at a
 /// TLS_RX peer as a control record (type 21) after the data, which a plain read refuses.

@@ -109,6 +109,36 @@ fn passthrough_relays_the_backends_own_tls_byte_exact_both_ways() {
     assert_eq!(default.connections(), 0);
 }
 
+/// An idle pass-through connection holds no pipe: each direction borrows one from the
+/// worker's pool while bytes flow and hands it back empty (16 idle connections would
+/// otherwise hold 32 pipes, 64 descriptors).
+#[test]
+fn idle_passthrough_connections_hold_no_pipes() {
+    let s = Setup::new();
+    let PtEdge { proxy, pt, .. } = s.pt_edge(&[]);
+    let client = s.be.tls_client(None);
+    let before = unpooled_pipe_fds(&proxy);
+    let mut held = Vec::new();
+    for i in 0..16 {
+        let mut tls = tls_connect_sni(proxy.addr(), &client, "pt.test").expect("handshake");
+        assert_eq!(backend_name(&mut tls), "pt");
+        assert_echo(&mut tls, format!("conn {i}\n").as_bytes(), "echo");
+        held.push(tls);
+    }
+    assert_eq!(pt.connections(), 16);
+    assert_eq!(
+        unpooled_pipe_fds(&proxy),
+        before,
+        "idle connections hold pipes: {:?}",
+        proxy.fd_targets()
+    );
+    // Idle and pipeless, they still relay both ways (a full pipe's worth, too).
+    let data = random_bytes(256 * 1024);
+    for (i, tls) in held.iter_mut().enumerate() {
+        assert_echo(tls, &data, &format!("connection {i} after idling"));
+    }
+}
+
 #[test]
 fn sni_chooses_between_a_passthrough_and_a_terminating_route() {
     let s = Setup::new();

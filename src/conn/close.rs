@@ -62,6 +62,8 @@ pub enum CloseReason {
     /// Client mode with `starttls`: the server did not offer or refused STARTTLS, broke
     /// the protocol, or a step timed out.
     StarttlsFailed,
+    /// The splice relay could not get a pipe (the worker is out of descriptors or memory).
+    PipeUnavailable,
 }
 
 impl CloseReason {
@@ -98,6 +100,7 @@ impl CloseReason {
             CloseReason::BackendCertInvalid => "backend_cert_invalid",
             CloseReason::BackendTlsError => "backend_tls_error",
             CloseReason::StarttlsFailed => "starttls_failed",
+            CloseReason::PipeUnavailable => "pipe_unavailable",
         }
     }
 

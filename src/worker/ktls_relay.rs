@@ -166,13 +166,6 @@ pub(super) async fn splice_relay<Data: AfterHandoff>(
             return CloseReason::KtlsInstallFailed;
         }
     };
-    let pipes = (ctx.pipes.take(), ctx.pipes.take());
-    ctx.stats.pipes_idle.set(ctx.pipes.idle_count() as u64);
-    let (up_pipe, down_pipe) = match pipes {
-        (Ok(a), Ok(b)) => (a, b),
-        _ => return CloseReason::KtlsInstallFailed,
-    };
-
     let relay = KtlsRelay {
         ctx,
         client: client_fd,
@@ -185,21 +178,18 @@ pub(super) async fn splice_relay<Data: AfterHandoff>(
     };
     let flows = async {
         match tokio::try_join!(
-            relay.client_to_backend(&up_pipe, peer_closed),
-            relay.backend_to_client(&down_pipe),
+            relay.client_to_backend(peer_closed),
+            relay.backend_to_client(),
         ) {
             Ok((up_end, ())) => up_end,
             Err(reason) => reason,
         }
     };
     let reason = supervise(ctx, svc.tunables.idle_timeout, &relay.last_activity, flows).await;
-    // Ends ops still in flight (they hold their own fds) before the pipes are judged.
+    // Ends ops still in flight (they hold their own fds); a pipe one of them still holds
+    // was closed rather than reused when its flow was dropped.
     let _ = SockRef::from(&*relay.client).shutdown(Shutdown::Both);
     let _ = SockRef::from(&*relay.backend).shutdown(Shutdown::Both);
-    drop(relay);
-    ctx.pipes.give_back(up_pipe);
-    ctx.pipes.give_back(down_pipe);
-    ctx.stats.pipes_idle.set(ctx.pipes.idle_count() as u64);
     reason
 }
 
@@ -260,17 +250,15 @@ impl<Data: AfterHandoff> KtlsRelay<'_, Data> {
     }
 
     /// Client (kTLS) → backend. Ends on close_notify or FIN from the client.
-    async fn client_to_backend(
-        &self,
-        pipe: &Pipe,
-        peer_closed: bool,
-    ) -> Result<CloseReason, CloseReason> {
+    async fn client_to_backend(&self, peer_closed: bool) -> Result<CloseReason, CloseReason> {
         if peer_closed {
             let _ = SockRef::from(&*self.backend).shutdown(Shutdown::Write);
             return Ok(CloseReason::Done);
         }
+        let mut lease = PipeLease::new(self.ctx);
         let mut splices = 0u32;
         loop {
+            let pipe = lease.get().map_err(|_| CloseReason::PipeUnavailable)?;
             // One record per splice, into an empty pipe (see the module notes).
             match splice::splice(&self.client, &pipe.write, MAX_RECORD_PLAINTEXT as u32).await {
                 Ok(0) => {
@@ -290,6 +278,7 @@ impl<Data: AfterHandoff> KtlsRelay<'_, Data> {
                     }
                 }
                 Err(e) if errno(&e) == Some(libc::EAGAIN) => {
+                    lease.release_drained();
                     poll::ready(&self.client, Interest::Readable)
                         .await
                         .map_err(|_| CloseReason::ClientIoError)?;
@@ -311,9 +300,11 @@ impl<Data: AfterHandoff> KtlsRelay<'_, Data> {
     }
 
     /// Backend → client (kTLS). Ends on FIN from the backend: close_notify, then FIN.
-    async fn backend_to_client(&self, pipe: &Pipe) -> Result<(), CloseReason> {
+    async fn backend_to_client(&self) -> Result<(), CloseReason> {
+        let mut lease = PipeLease::new(self.ctx);
         let mut splices = 0u32;
         loop {
+            let pipe = lease.get().map_err(|_| CloseReason::PipeUnavailable)?;
             match splice::splice(&self.backend, &pipe.write, pipe.capacity as u32).await {
                 Ok(0) => {
                     self.send_close_notify().await?;
@@ -333,6 +324,7 @@ impl<Data: AfterHandoff> KtlsRelay<'_, Data> {
                     }
                 }
                 Err(e) if errno(&e) == Some(libc::EAGAIN) => {
+                    lease.release_drained();
                     poll::ready(&self.backend, Interest::Readable)
                         .await
                         .map_err(|_| CloseReason::BackendIoError)?;
@@ -466,6 +458,56 @@ impl<Data: AfterHandoff> KtlsRelay<'_, Data> {
                 debug!(error = %e, "cannot read the kTLS record sequence number");
                 Err(CloseReason::RecordLimit)
             }
+        }
+    }
+}
+
+/// A pipe borrowed from the worker's pool while bytes flow one way, and handed back empty
+/// before the flow waits for more: an idle connection holds no pipe (and no four fds).
+pub(super) struct PipeLease<'a> {
+    ctx: &'a WorkerCtx,
+    pipe: Option<Pipe>,
+}
+
+impl<'a> PipeLease<'a> {
+    pub(super) fn new(ctx: &'a WorkerCtx) -> PipeLease<'a> {
+        PipeLease { ctx, pipe: None }
+    }
+
+    /// The leased pipe, taken from the pool if none is held.
+    pub(super) fn get(&mut self) -> io::Result<&Pipe> {
+        if self.pipe.is_none() {
+            self.pipe = Some(self.ctx.pipes.take()?);
+            self.ctx
+                .stats
+                .pipes_idle
+                .set(self.ctx.pipes.idle_count() as u64);
+        }
+        Ok(self.pipe.as_ref().expect("just set"))
+    }
+
+    /// Hands the pipe back; only after every splice into it was drained with [`drain_pipe`].
+    pub(super) fn release_drained(&mut self) {
+        if let Some(pipe) = self.pipe.take() {
+            self.ctx.pipes.give_back_drained(pipe);
+            self.ctx
+                .stats
+                .pipes_idle
+                .set(self.ctx.pipes.idle_count() as u64);
+        }
+    }
+}
+
+impl Drop for PipeLease<'_> {
+    /// A flow that ended mid-way may leave bytes in its pipe or an op holding it: the pool
+    /// checks both and closes such a pipe instead of reusing it.
+    fn drop(&mut self) {
+        if let Some(pipe) = self.pipe.take() {
+            self.ctx.pipes.give_back(pipe);
+            self.ctx
+                .stats
+                .pipes_idle
+                .set(self.ctx.pipes.idle_count() as u64);
         }
     }
 }

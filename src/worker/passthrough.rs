@@ -13,10 +13,9 @@ use tokio_uring::net::TcpStream;
 use tracing::debug;
 
 use super::connection::{supervise, Tally};
-use super::ktls_relay::{drain_pipe, splice_fds};
+use super::ktls_relay::{drain_pipe, splice_fds, PipeLease};
 use super::WorkerCtx;
 use crate::conn::close::CloseReason;
-use crate::io::pipe::Pipe;
 use crate::io::poll::{self, Interest};
 use crate::io::splice;
 
@@ -35,25 +34,20 @@ pub(super) async fn relay(
             return CloseReason::ClientIoError;
         }
     };
-    let (up_pipe, down_pipe) = match (ctx.pipes.take(), ctx.pipes.take()) {
-        (Ok(a), Ok(b)) => (a, b),
-        _ => return CloseReason::ClientIoError,
-    };
-    ctx.stats.pipes_idle.set(ctx.pipes.idle_count() as u64);
     let last_activity = Cell::new(Instant::now());
     let up = Pump {
+        ctx,
         from: &client_fd,
         to: &backend_fd,
-        pipe: &up_pipe,
         bytes: &tally.up,
         last_activity: &last_activity,
         read_error: CloseReason::ClientIoError,
         write_error: CloseReason::BackendIoError,
     };
     let down = Pump {
+        ctx,
         from: &backend_fd,
         to: &client_fd,
-        pipe: &down_pipe,
         bytes: &tally.down,
         last_activity: &last_activity,
         read_error: CloseReason::BackendIoError,
@@ -66,20 +60,18 @@ pub(super) async fn relay(
         }
     };
     let reason = supervise(ctx, idle, &last_activity, flows).await;
-    // Ends ops still in flight (they hold their own fds) before the pipes are judged.
+    // Ends ops still in flight (they hold their own fds); a pipe one of them still holds
+    // was closed rather than reused when its flow was dropped.
     let _ = SockRef::from(&*client_fd).shutdown(Shutdown::Both);
     let _ = SockRef::from(&*backend_fd).shutdown(Shutdown::Both);
-    ctx.pipes.give_back(up_pipe);
-    ctx.pipes.give_back(down_pipe);
-    ctx.stats.pipes_idle.set(ctx.pipes.idle_count() as u64);
     reason
 }
 
-/// One direction: `from` → pipe → `to`, then FIN onward.
+/// One direction: `from` → pipe (leased while bytes flow) → `to`, then FIN onward.
 struct Pump<'a> {
+    ctx: &'a WorkerCtx,
     from: &'a Rc<OwnedFd>,
     to: &'a Rc<OwnedFd>,
-    pipe: &'a Pipe,
     bytes: &'a Cell<u64>,
     last_activity: &'a Cell<Instant>,
     read_error: CloseReason,
@@ -88,20 +80,23 @@ struct Pump<'a> {
 
 impl Pump<'_> {
     async fn run(&self) -> Result<(), CloseReason> {
+        let mut lease = PipeLease::new(self.ctx);
         loop {
-            match splice::splice(self.from, &self.pipe.write, self.pipe.capacity as u32).await {
+            let pipe = lease.get().map_err(|_| CloseReason::PipeUnavailable)?;
+            match splice::splice(self.from, &pipe.write, pipe.capacity as u32).await {
                 Ok(0) => {
                     let _ = SockRef::from(&**self.to).shutdown(Shutdown::Write);
                     return Ok(());
                 }
                 Ok(n) => {
                     self.last_activity.set(Instant::now());
-                    drain_pipe(self.pipe, self.to, n)
+                    drain_pipe(pipe, self.to, n)
                         .await
                         .map_err(|_| self.write_error)?;
                     self.bytes.set(self.bytes.get() + n as u64);
                 }
                 Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
+                    lease.release_drained();
                     poll::ready(self.from, Interest::Readable)
                         .await
                         .map_err(|_| self.read_error)?;

@@ -1465,6 +1465,32 @@ pub fn worker_stats(proxy: &Proxy, workers: usize) -> std::collections::BTreeMap
     map
 }
 
+/// Pipe descriptors of a one-worker proxy that are not in its splice pool, once that
+/// number has held still for a moment (a flow hands its pipe back just after its last
+/// splice out): the pipes connections hold, plus the proxy's own stdout/stderr.
+pub fn unpooled_pipe_fds(proxy: &Proxy) -> usize {
+    let sample = || {
+        let pipes = proxy
+            .fd_targets()
+            .iter()
+            .filter(|t| t.contains("->pipe:"))
+            .count();
+        let pooled = num(worker_stats(proxy, 1).get("0").unwrap(), "pipes_idle") as usize;
+        pipes - 2 * pooled
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut last = sample();
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = sample();
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+    last
+}
+
 /// The numeric value of `key=` in a log line.
 pub fn num(line: &str, key: &str) -> u64 {
     field(line, key)

@@ -96,4 +96,6 @@ awk -v r0="$RSS0" -v r="$RSS" -v f0="$FDS0" -v f="$FDS" -v n="$OPEN" 'BEGIN {
     printf "per connection: %.1f KB RSS, %.2f fds\n", (r - r0) * 1024 / n / 1000, (f - f0) / n }'
 kill "${HOLDS[@]}" 2>/dev/null || true
 wait "${HOLDS[@]}" 2>/dev/null || true
+echo "(each hold's own report follows; this script stopped them once measured, hence"
+echo " their \"interrupted\")"
 cat "$W"/hold-*.txt
