@@ -5,13 +5,18 @@
 # (clock ticks). With `perf`, also records the proxy's profile (software clock, call graphs)
 # to STEP.data in the current directory. STEP: small | bulk | full | resumed | latency.
 # CONF=FILE replaces the tlsfront config (e.g. a copy with another buffer_size).
+# PROXY=haproxy profiles HAProxy with the run's haproxy.cfg instead of tlsfront.
 set -u
 C=$1 STEP=$2 PERF=${3:-}
 BIN=$(cd "$(dirname "$0")/../../.." && pwd)/target/release
 pkill -f "nginx -c $C/backend-nginx.conf"; pkill -f "tlsfront-load backend"; sleep 0.3
 taskset -c 1 nginx -c "$C/backend-nginx.conf" -e /dev/null &
 taskset -c 1 "$BIN/tlsfront-load" backend --echo --listen 127.0.0.1:18081 >/dev/null 2>&1 &
-taskset -c 0 "$BIN/tlsfront" serve --config "${CONF:-$C/tlsfront.toml}" --log-level warn &
+if [ "${PROXY:-tlsfront}" = haproxy ]; then
+    taskset -c 0 haproxy -db -f "$C/haproxy.cfg" >/dev/null 2>&1 &
+else
+    taskset -c 0 "$BIN/tlsfront" serve --config "${CONF:-$C/tlsfront.toml}" --log-level warn &
+fi
 TP=$!
 sleep 1
 TLS=(--connect 127.0.0.1:19444 --sni localhost --ca "$C/ca.pem" --threads 1 --cpus 1 --quiet)
