@@ -11,6 +11,10 @@
 # Above 25,000 the clients and the proxy's backend connections are therefore spread over
 # 127.0.0.1, 127.0.0.2, ... (one `hold` per address; the proxy listens on 0.0.0.0 and its
 # backend pool has one address per hold), and the proxy's RSS and fds are read here.
+# The kTLS relay in UML (HOLD_KTLS=auto) needs the host's vm.max_map_count raised (e.g.
+# sysctl -w vm.max_map_count=1048576): UML maps guest pages one by one, and at ~32,000 kTLS
+# connections the proxy's host process hit 65,530 maps ("UML ran out of memory on the host
+# side") and the guest killed it.
 # (--insecure: a self-signed certificate; verification costs the proxy nothing.)
 set -euo pipefail
 N=${1:-9500}
