@@ -138,6 +138,7 @@ pub fn run(scenario: &Scenario, opts: &Options) -> anyhow::Result<Run> {
     let mut progress = Progress::new(opts.quiet);
     let (mut ok, mut errors, mut lost) = (0u64, 0u64, 0u64);
     let mut hold_after: Option<ProcSample> = None;
+    let window_end = opts.plan.warmup + opts.plan.duration;
     let mut held = 0u64;
     let outcome = engine::run(&opts.plan, scenario.work(), |i: &Interval| {
         progress.interval(scenario.name(), i);
@@ -153,9 +154,11 @@ pub fn run(scenario: &Scenario, opts: &Options) -> anyhow::Result<Run> {
         lost += i.sample.counts.lost;
         let live = ok.saturating_sub(lost);
         if let Some(wanted) = hold_wanted {
-            // Hold: sample the target while every connection is open and still held (the
-            // run has not ended yet); the last such sample is the report's.
-            if live >= wanted {
+            // Hold: sample the target while every connection is open and still held; the
+            // last such sample is the report's. Not at the window's end: the workers start
+            // closing their connections as soon as they report the last interval, so the
+            // target may already have let some go when this runs.
+            if live >= wanted && i.to < window_end {
                 held = live;
                 if let Some(p) = &target_proc {
                     hold_after = p.sample().ok().or(hold_after);
@@ -300,7 +303,7 @@ fn hold_report(
         _ => {
             h.note = Some(format!(
                 "at most {open} of {wanted} connections were held at once at an interval \
-                 end: nothing measured (raise --duration, or see the errors)"
+                 end before the last: nothing measured (raise --duration, or see the errors)"
             ))
         }
     }
