@@ -176,7 +176,7 @@ pub(super) async fn splice_relay<Data: AfterHandoff>(
         last_activity: Cell::new(Instant::now()),
         tally,
     };
-    let flows = async {
+    let flows = std::pin::pin!(async {
         match tokio::try_join!(
             relay.client_to_backend(peer_closed),
             relay.backend_to_client(),
@@ -184,7 +184,7 @@ pub(super) async fn splice_relay<Data: AfterHandoff>(
             Ok((up_end, ())) => up_end,
             Err(reason) => reason,
         }
-    };
+    });
     let reason = supervise(ctx, svc.tunables.idle_timeout, &relay.last_activity, flows).await;
     // Ends ops still in flight (they hold their own fds); a pipe one of them still holds
     // was closed rather than reused when its flow was dropped.

@@ -53,12 +53,12 @@ pub(super) async fn relay(
         read_error: CloseReason::BackendIoError,
         write_error: CloseReason::ClientIoError,
     };
-    let flows = async {
+    let flows = std::pin::pin!(async {
         match tokio::try_join!(up.run(), down.run()) {
             Ok(((), ())) => CloseReason::Done,
             Err(reason) => reason,
         }
-    };
+    });
     let reason = supervise(ctx, idle, &last_activity, flows).await;
     // Ends ops still in flight (they hold their own fds); a pipe one of them still holds
     // was closed rather than reused when its flow was dropped.

@@ -16,30 +16,15 @@ use tokio_uring::net::TcpStream;
 
 use crate::conn::tls::{ClientTls, OutBuf};
 
-/// The TLS variant's futures are boxed: they are large, and the relay's future (whose
-/// size every idle connection pays) would otherwise hold room for them on plain backends.
+/// The relay reads and writes a plain socket itself (poll, then one non-blocking syscall)
+/// and awaits a TLS end's futures boxed: they are large, and the relay's future (whose size
+/// every idle connection pays) would otherwise hold room for them on plain backends.
 pub(super) enum PlainEnd<'a> {
     Tcp(&'a TcpStream),
     Tls(&'a TlsEnd<'a>),
 }
 
 impl PlainEnd<'_> {
-    /// Reads plaintext into `buf` from its start (like a tokio-uring read): `Ok(0)` at the
-    /// end of the stream.
-    pub(super) async fn read(&self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
-        match self {
-            PlainEnd::Tcp(s) => s.read(buf).await,
-            PlainEnd::Tls(t) => Box::pin(t.read(buf)).await,
-        }
-    }
-
-    pub(super) async fn write_all(&self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
-        match self {
-            PlainEnd::Tcp(s) => s.write_all(buf).await,
-            PlainEnd::Tls(t) => Box::pin(t.write_all(buf)).await,
-        }
-    }
-
     /// No more plaintext will be written: FIN (after close_notify on TLS).
     pub(super) async fn shutdown_write(&self) {
         match self {
@@ -103,7 +88,9 @@ impl<'a> TlsEnd<'a> {
             || (!st.incoming.is_empty() && crate::conn::tls::record_remaining(&st.incoming) == 0)
     }
 
-    async fn read(&self, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+    /// Reads plaintext into `buf` from its start (like a tokio-uring read): `Ok(0)` at the
+    /// end of the stream.
+    pub(super) async fn read(&self, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
         buf.clear();
         loop {
             if self.state.borrow().ended {
@@ -166,7 +153,7 @@ impl<'a> TlsEnd<'a> {
         Ok(())
     }
 
-    async fn write_all(&self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
+    pub(super) async fn write_all(&self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
         let _turn = self.write_lock.lock().await;
         let encrypted = {
             let mut st = self.state.borrow_mut();

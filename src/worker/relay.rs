@@ -56,8 +56,6 @@ struct Relay<'a, S: Side> {
     /// poll still in flight ends).
     peer: RawFd,
     plain: PlainEnd<'a>,
-    /// The plaintext side's socket when it is a plain one.
-    plain_fd: Option<RawFd>,
     pool: &'a BufPool,
     shared: RefCell<Shared<S>>,
     /// A flow is sending `out` to the peer.
@@ -74,14 +72,18 @@ struct Relay<'a, S: Side> {
 /// Relays between the TLS peer on `peer` and the plaintext side `plain` (in client mode the
 /// TLS peer is the remote server and the plaintext side the local client; the caller reads
 /// the reasons accordingly).
-pub(super) async fn relay<S: Side>(
-    ctx: &WorkerCtx,
-    rt: &ServiceRt,
+///
+/// A plain fn that sets the relay up and returns the future that runs it: the future then
+/// holds the `Relay` once, not also the `Established` it was made from (an async fn keeps
+/// its arguments for its whole life — in every idle connection's task).
+pub(super) fn relay<'a, S: Side + 'a>(
+    ctx: &'a WorkerCtx,
+    rt: &'a ServiceRt,
     peer: &TcpStream,
-    plain: PlainEnd<'_>,
+    plain: PlainEnd<'a>,
     established: Established<S>,
-    tally: &Tally,
-) -> CloseReason {
+    tally: &'a Tally,
+) -> impl std::future::Future<Output = CloseReason> + 'a {
     let Established {
         tls,
         bufs,
@@ -89,10 +91,6 @@ pub(super) async fn relay<S: Side>(
     } = established;
     let pool = &rt.buffers;
     let peer_fd = peer.as_raw_fd();
-    let plain_fd = match &plain {
-        PlainEnd::Tcp(s) => Some(s.as_raw_fd()),
-        PlainEnd::Tls(_) => None,
-    };
     // The opening's buffers are freed; only unconsumed bytes (a partial record) and unsent
     // ones are kept until they are dealt with.
     let Buffers {
@@ -112,7 +110,6 @@ pub(super) async fn relay<S: Side>(
     let relay = Relay {
         peer: peer_fd,
         plain,
-        plain_fd,
         pool,
         shared: RefCell::new(Shared { tls, incoming, out }),
         flushing: Cell::new(false),
@@ -122,22 +119,26 @@ pub(super) async fn relay<S: Side>(
         last_activity: Cell::new(Instant::now()),
         tally,
     };
-    let svc = rt.svc();
-    let flows = async {
-        let both = async {
-            match tokio::try_join!(relay.upstream(early_plain, peer_closed), relay.downstream()) {
-                Ok((up_end, ())) => up_end,
-                Err(reason) => reason,
+    async move {
+        let relay = &relay;
+        let flows = std::pin::pin!(async {
+            let both = async {
+                match tokio::try_join!(relay.upstream(early_plain, peer_closed), relay.downstream())
+                {
+                    Ok((up_end, ())) => up_end,
+                    Err(reason) => reason,
+                }
+            };
+            tokio::select! {
+                reason = both => reason,
+                reason = relay.writer() => reason,
             }
-        };
-        tokio::select! {
-            reason = both => reason,
-            reason = relay.writer() => reason,
-        }
-    };
-    // Buffers a flow still holds at the end (a partial record, unsent bytes) are freed with
-    // `relay`; the pool only takes back what a flow returned.
-    supervise(ctx, svc.tunables.idle_timeout, &relay.last_activity, flows).await
+        });
+        // Buffers a flow still holds at the end (a partial record, unsent bytes) are freed
+        // with `relay`; the pool only takes back what a flow returned.
+        let idle = rt.svc().tunables.idle_timeout;
+        supervise(ctx, idle, &relay.last_activity, flows).await
+    }
 }
 
 impl<S: Side> Relay<'_, S> {
@@ -286,31 +287,33 @@ impl<S: Side> Relay<'_, S> {
     /// Reads what the plaintext side has into a pooled buffer (empty at the end of the
     /// stream).
     async fn read_plain(&self) -> Result<Vec<u8>, CloseReason> {
-        let Some(fd) = &self.plain_fd else {
-            // A TLS backend: wait for its socket first unless plaintext is already decrypted,
-            // so an idle re-encrypting connection holds no pooled buffer either.
-            if let PlainEnd::Tls(end) = &self.plain {
+        let fd = match &self.plain {
+            PlainEnd::Tcp(s) => s.as_raw_fd(),
+            PlainEnd::Tls(end) => {
+                // A TLS backend: wait for its socket first unless plaintext is already
+                // decrypted, so an idle re-encrypting connection holds no pooled buffer
+                // either. (Boxed, as every TLS-end future: see `plain_end`.)
                 if !end.has_plaintext_ready() {
                     poll::ready_raw(end.raw_fd(), Interest::Readable)
                         .await
                         .map_err(|_| CloseReason::BackendIoError)?;
                 }
+                let (res, buf) = Box::pin(end.read(self.pool.take())).await;
+                return match res {
+                    Ok(_) => Ok(buf),
+                    Err(_) => {
+                        self.pool.give(buf);
+                        Err(CloseReason::BackendIoError)
+                    }
+                };
             }
-            let (res, buf) = self.plain.read(self.pool.take()).await;
-            return match res {
-                Ok(_) => Ok(buf),
-                Err(_) => {
-                    self.pool.give(buf);
-                    Err(CloseReason::BackendIoError)
-                }
-            };
         };
         loop {
-            poll::ready_raw(*fd, Interest::Readable)
+            poll::ready_raw(fd, Interest::Readable)
                 .await
                 .map_err(|_| CloseReason::BackendIoError)?;
             let mut buf = self.pool.take();
-            match nb::recv_append(fd, &mut buf, self.pool.plain_step()) {
+            match nb::recv_append(&fd, &mut buf, self.pool.plain_step()) {
                 Ok(_) => return Ok(buf),
                 Err(e) if retry(&e) => self.pool.give(buf),
                 Err(_) => {
@@ -323,16 +326,19 @@ impl<S: Side> Relay<'_, S> {
 
     /// Writes all of `buf` to the plaintext side; the buffer comes back for the pool.
     async fn write_plain(&self, buf: Vec<u8>) -> (Result<(), CloseReason>, Vec<u8>) {
-        let Some(fd) = &self.plain_fd else {
-            let (res, buf) = self.plain.write_all(buf).await;
-            return (res.map_err(|_| CloseReason::BackendIoError), buf);
+        let fd = match &self.plain {
+            PlainEnd::Tcp(s) => s.as_raw_fd(),
+            PlainEnd::Tls(end) => {
+                let (res, buf) = Box::pin(end.write_all(buf)).await;
+                return (res.map_err(|_| CloseReason::BackendIoError), buf);
+            }
         };
         let mut sent = 0;
         while sent < buf.len() {
-            match nb::send(fd, &buf[sent..]) {
+            match nb::send(&fd, &buf[sent..]) {
                 Ok(n) => sent += n,
                 Err(e) if retry(&e) => {
-                    if poll::ready_raw(*fd, Interest::Writable).await.is_err() {
+                    if poll::ready_raw(fd, Interest::Writable).await.is_err() {
                         return (Err(CloseReason::BackendIoError), buf);
                     }
                 }
