@@ -413,16 +413,7 @@ fn idle_ktls_connections_hold_no_pipes() {
         assert_echo(&mut tls, format!("conn {i}\n").as_bytes(), "echo");
         held.push(tls);
     }
-    assert_eq!(
-        unpooled_pipe_fds(&proxy),
-        before,
-        "idle connections hold pipes: {:?}",
-        proxy.fd_targets()
-    );
-    let data = random_bytes(256 * 1024);
-    for (i, tls) in held.iter_mut().enumerate() {
-        assert_echo(tls, &data, &format!("connection {i} after idling"));
-    }
+    assert_idle_connections_hold_no_pipes(&proxy, before, &mut held);
     let stats = worker_stats(&proxy, 1);
     assert_eq!(num(stats.get("0").unwrap(), "offload_ktls"), 16);
 }

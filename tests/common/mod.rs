@@ -1491,6 +1491,22 @@ pub fn unpooled_pipe_fds(proxy: &Proxy) -> usize {
     last
 }
 
+/// Asserts that the idle connections `held` (each past one exchange) hold no pipes — the
+/// proxy's unpooled pipe descriptors are what they were before they opened — and that each
+/// still relays both ways, a pipe's worth and more, after idling.
+pub fn assert_idle_connections_hold_no_pipes(proxy: &Proxy, before: usize, held: &mut [TlsStream]) {
+    assert_eq!(
+        unpooled_pipe_fds(proxy),
+        before,
+        "idle connections hold pipes: {:?}",
+        proxy.fd_targets()
+    );
+    let data = random_bytes(256 * 1024);
+    for (i, tls) in held.iter_mut().enumerate() {
+        assert_echo(tls, &data, &format!("connection {i} after idling"));
+    }
+}
+
 /// The numeric value of `key=` in a log line.
 pub fn num(line: &str, key: &str) -> u64 {
     field(line, key)
