@@ -1,13 +1,15 @@
 //! Start-up and lifecycle: bind every listener first (so a bad address fails before any
 //! worker runs), start the workers, then turn signals into orders for them.
 //!
-//! SIGTERM / SIGINT: stop accepting, drain up to `drain_timeout`, exit 0.
+//! SIGTERM / SIGINT: `/ready` turns 503; after `shutdown_delay` (listeners still accepting,
+//! so load balancers can stop sending) stop accepting, drain up to `drain_timeout`, exit 0.
 //! SIGUSR1: every worker logs its counters.
 //! SIGHUP: re-read and validate the configuration, certificates and ticket keys; new
 //! connections use it, open ones keep theirs; a failed reload changes nothing.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::thread;
 
@@ -17,6 +19,8 @@ use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
 use crate::config::{self, Backend, Config, Overrides, Service, TicketKeys};
+use crate::obs::admin::{self, AdminAddr, AdminListener};
+use crate::obs::metrics::Registry;
 use crate::route::identity;
 use crate::worker::{self, Control, ListenerChange, Reload, WorkerListener, WorkerSpec};
 
@@ -36,6 +40,11 @@ pub enum ServerError {
     Signals(std::io::Error),
     #[error("worker {0} stopped unexpectedly")]
     WorkerDied(usize),
+    #[error("admin {addr}: {source}")]
+    Admin {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("identity_socket {path}: {source}")]
     IdentitySocket {
         path: PathBuf,
@@ -258,6 +267,10 @@ fn plan_reload(
         );
         config.global.workers = workers;
     }
+    if config.global.admin != previous.global.admin {
+        warn!("reload: admin changes need a restart; keeping the current endpoint");
+        config.global.admin = previous.global.admin.clone();
+    }
     let socket = |g: &config::Global| (g.identity_socket.clone(), g.identity_socket_mode);
     if socket(&config.global) != socket(&previous.global) {
         warn!("reload: identity_socket changes need a restart; keeping the current socket");
@@ -337,11 +350,39 @@ fn keep_random_ticket_keys(config: &mut Config, previous: &Config) {
     }
 }
 
+/// The services' ticket keys, for the metrics.
+fn publish_ticketers(metrics: &Registry, config: &Config) {
+    let list = config
+        .services
+        .iter()
+        .filter_map(|s| s.ticketer.clone().map(|t| (s.name.clone(), t)))
+        .collect();
+    *metrics
+        .process
+        .ticketers
+        .lock()
+        .unwrap_or_else(|e| e.into_inner()) = list;
+}
+
 /// Runs the proxy until a shutdown signal has been handled and every worker has drained.
 /// SIGHUP re-reads the configuration from `source` (see [`plan_reload`]).
 pub fn run(mut config: Config, source: ReloadSource) -> Result<(), ServerError> {
     let mut echo = None;
     prepare(&mut config, &mut echo)?;
+    let metrics = Arc::new(Registry::default());
+    publish_ticketers(&metrics, &config);
+    let admin_listener = match &config.global.admin {
+        Some(addr) => Some(
+            AdminListener::bind(addr).map_err(|source| ServerError::Admin {
+                addr: match addr {
+                    AdminAddr::Tcp(a) => a.to_string(),
+                    AdminAddr::Unix(p) => p.display().to_string(),
+                },
+                source,
+            })?,
+        ),
+        None => None,
+    };
     let identity_listener = match &config.global.identity_socket {
         Some(path) => {
             let mode = config.global.identity_socket_mode;
@@ -392,6 +433,7 @@ pub fn run(mut config: Config, source: ReloadSource) -> Result<(), ServerError> 
             cpu: config.global.worker_cpus.get(id).copied(),
             config: config.clone(),
             listeners: worker_listeners,
+            metrics: metrics.clone(),
         };
         let started = started_tx.clone();
         let exited = ExitNotice(id, exited_tx.clone());
@@ -424,6 +466,24 @@ pub fn run(mut config: Config, source: ReloadSource) -> Result<(), ServerError> 
         }
         None => None,
     };
+    // The admin socket file (if any) goes with the process, like the identity socket's.
+    let _admin_file = match admin_listener {
+        Some(listener) => {
+            let at = listener.describe();
+            let file = match &listener {
+                AdminListener::Unix(_) => Some(SocketFile(PathBuf::from(&at))),
+                AdminListener::Tcp(_) => None,
+            };
+            if let Err(e) = admin::spawn(listener, metrics.clone()) {
+                stop_workers(&controls, threads);
+                return Err(ServerError::Spawn(e));
+            }
+            info!("admin listening addr={at}");
+            file
+        }
+        None => None,
+    };
+    metrics.process.ready.store(true, Relaxed);
     info!("ready workers={ready}");
 
     let workers = controls.len();
@@ -442,22 +502,40 @@ pub fn run(mut config: Config, source: ReloadSource) -> Result<(), ServerError> 
                 }
                 _ = hup.recv() => match plan_reload(&source, workers, &bindings, &current, &mut echo) {
                     Ok((orders, new_bindings, new_config)) => {
+                        publish_ticketers(&metrics, &new_config);
                         current = new_config;
                         for (c, order) in controls.iter().zip(orders) {
                             let _ = c.send(Control::Reload(order));
                         }
                         bindings = new_bindings;
                         reloads_ok += 1;
+                        metrics.process.reloads_ok.store(reloads_ok, Relaxed);
                         info!("reload ok: {} service(s); open connections keep their settings", bindings.len());
                     }
                     Err(e) => {
                         reloads_failed += 1;
+                        metrics.process.reloads_failed.store(reloads_failed, Relaxed);
                         error!("reload failed, still serving the previous configuration: {e}");
                     }
                 },
             }
         }
     });
+    metrics.process.ready.store(false, Relaxed);
+    metrics.process.draining.store(true, Relaxed);
+    let delay = current.global.shutdown_delay;
+    if died.is_none() && !delay.is_zero() {
+        // Load balancers see /ready fail and stop sending; connections that still come
+        // meanwhile are served. A second SIGTERM or SIGINT skips the rest of the wait.
+        info!("shutting down in {delay:?}: /ready reports draining, listeners still accept");
+        signals.block_on(async {
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        });
+    }
     match died {
         None => info!("shutting down: no new connections, draining open ones"),
         Some(id) => error!("worker {id} stopped unexpectedly: shutting down the others"),

@@ -27,6 +27,8 @@ pub struct GlobalSection {
     pub log_level: Option<String>,
     pub identity_socket: Option<String>,
     pub identity_socket_mode: Option<String>,
+    pub admin: Option<String>,
+    pub shutdown_delay: Option<DurationValue>,
 }
 
 /// `workers = N | "auto"`.

@@ -93,6 +93,11 @@ pub struct Global {
     pub identity_socket: Option<PathBuf>,
     /// The socket file's permission bits: who may ask.
     pub identity_socket_mode: u32,
+    /// The admin endpoint (`/metrics`, `/ready`, `/live`); off when `None`.
+    pub admin: Option<crate::obs::admin::AdminAddr>,
+    /// On SIGTERM: how long `/ready` reports draining while the listeners still accept,
+    /// before the drain starts (time for load balancers to stop sending connections).
+    pub shutdown_delay: Duration,
 }
 
 /// Where a service sends decrypted traffic.
@@ -139,7 +144,7 @@ pub struct Service {
     pub ticket_keys: TicketKeys,
     /// The service's ticketer (`None`: tickets off); each route uses it bound to its own
     /// context (`tls::tickets::RouteTickets`).
-    pub ticketer: Option<Arc<dyn rustls::server::ProducesTickets>>,
+    pub ticketer: Option<Arc<crate::tls::tickets::Ticketer>>,
     /// `mode = "client"`: plaintext in, TLS toward the backend (its only route's pool).
     pub client: Option<ClientSide>,
     /// Server mode `starttls`: the plaintext part tlsfront speaks with clients before TLS.
@@ -237,7 +242,7 @@ pub struct RouteTls {
 impl RouteTls {
     /// Makes the route's configs issue and accept tickets of `service_ticketer`, bound to
     /// the route's context.
-    pub fn bind_tickets(&mut self, service_ticketer: &Arc<dyn rustls::server::ProducesTickets>) {
+    pub fn bind_tickets(&mut self, service_ticketer: &Arc<crate::tls::tickets::Ticketer>) {
         let bound: Arc<dyn rustls::server::ProducesTickets> = Arc::new(RouteTickets::new(
             service_ticketer.clone(),
             self.ticket_context,
@@ -597,6 +602,29 @@ impl Builder<'_> {
                 }
                 other => other.map(|p| self.relative(p)),
             },
+            admin: match g.admin.as_deref() {
+                None => None,
+                Some("") => {
+                    return Err(self.err(
+                        Section::Global,
+                        "admin",
+                        "must be ADDR:PORT or the path of a Unix socket",
+                    ))
+                }
+                Some(text) if text.contains('/') => {
+                    Some(crate::obs::admin::AdminAddr::Unix(self.relative(text)))
+                }
+                Some(text) => Some(crate::obs::admin::AdminAddr::Tcp(resolve(text).map_err(
+                    |e| {
+                        self.err(
+                            Section::Global,
+                            "admin",
+                            format!("{e}, or the path of a Unix socket (containing a /)"),
+                        )
+                    },
+                )?)),
+            },
+            shutdown_delay: g.shutdown_delay.map_or(Duration::ZERO, |d| d.0),
             identity_socket_mode: match g.identity_socket_mode.as_deref() {
                 None => DEFAULT_IDENTITY_SOCKET_MODE,
                 Some(text) => u32::from_str_radix(text.trim_start_matches("0o"), 8)
@@ -880,7 +908,7 @@ impl Builder<'_> {
         i: usize,
         raw: &ServiceSection,
         name: &str,
-        ticketer: Option<&Arc<dyn rustls::server::ProducesTickets>>,
+        ticketer: Option<&Arc<crate::tls::tickets::Ticketer>>,
     ) -> Result<Route, ConfigError> {
         let sec = Section::Service(i);
         let ov = self.overrides;
@@ -923,7 +951,7 @@ impl Builder<'_> {
         j: usize,
         raw: &ServiceSection,
         r: &RouteSection,
-        ticketer: Option<&Arc<dyn rustls::server::ProducesTickets>>,
+        ticketer: Option<&Arc<crate::tls::tickets::Ticketer>>,
     ) -> Result<Route, ConfigError> {
         let sec = Section::Route(i, j);
         let names = match &r.sni {
@@ -1104,7 +1132,7 @@ impl Builder<'_> {
         eff: &ServiceSection,
         cert: Option<(&String, &str)>,
         key: Option<(&String, &str)>,
-        ticketer: Option<&Arc<dyn rustls::server::ProducesTickets>>,
+        ticketer: Option<&Arc<crate::tls::tickets::Ticketer>>,
         route_key: &[u8],
     ) -> Result<RouteTls, ConfigError> {
         let located = |field: &str, msg: String| {
@@ -1566,7 +1594,7 @@ impl Builder<'_> {
         &self,
         sec: Section,
         raw: &ServiceSection,
-    ) -> Result<(Option<Arc<dyn rustls::server::ProducesTickets>>, TicketKeys), ConfigError> {
+    ) -> Result<(Option<Arc<crate::tls::tickets::Ticketer>>, TicketKeys), ConfigError> {
         use crate::tls::tickets::{self, KeySource, Ticketer};
         if raw.tickets == Some(false) {
             self.refuse_set(

@@ -67,6 +67,42 @@ pub enum CloseReason {
 }
 
 impl CloseReason {
+    /// Every reason, in declaration order (`reason as usize` is its index).
+    pub const ALL: [CloseReason; 32] = [
+        CloseReason::Done,
+        CloseReason::ClientEofNoCloseNotify,
+        CloseReason::HandshakeTimeout,
+        CloseReason::HandshakeEof,
+        CloseReason::TlsError,
+        CloseReason::BackendConnectRefused,
+        CloseReason::BackendConnectTimeout,
+        CloseReason::BackendConnectError,
+        CloseReason::ClientIoError,
+        CloseReason::BackendIoError,
+        CloseReason::IdleTimeout,
+        CloseReason::DrainTimeout,
+        CloseReason::TlsAlert,
+        CloseReason::KeyUpdateUnsupported,
+        CloseReason::KtlsInstallFailed,
+        CloseReason::RecordLimit,
+        CloseReason::ProxyHeaderMissing,
+        CloseReason::ProxyHeaderInvalid,
+        CloseReason::ProxyNotAllowed,
+        CloseReason::SniUnknown,
+        CloseReason::ClientHelloTooLarge,
+        CloseReason::ClientCertMissing,
+        CloseReason::ClientCertInvalid,
+        CloseReason::ClientCertRevoked,
+        CloseReason::ClientNotAllowed,
+        CloseReason::ServerEofNoCloseNotify,
+        CloseReason::ServerCertInvalid,
+        CloseReason::ServerTlsError,
+        CloseReason::BackendCertInvalid,
+        CloseReason::BackendTlsError,
+        CloseReason::StarttlsFailed,
+        CloseReason::PipeUnavailable,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             CloseReason::Done => "done",
@@ -175,5 +211,16 @@ mod tests {
             assert!(!r.is_clean(), "{r}");
         }
         assert!(Done.is_clean() && !ClientIoError.is_clean());
+    }
+
+    #[test]
+    fn all_lists_every_reason_at_its_index_with_a_distinct_label() {
+        let mut labels = std::collections::HashSet::new();
+        for (i, r) in super::CloseReason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i, "{r}");
+            assert!(labels.insert(r.as_str()), "{r}");
+        }
+        // A reason added after the last one would not be in ALL: its index would be past it.
+        assert_eq!(PipeUnavailable as usize, super::CloseReason::ALL.len() - 1);
     }
 }

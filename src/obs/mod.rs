@@ -1,25 +1,45 @@
-//! Observability: per-worker counters and log set-up.
+//! Observability: per-worker counters, the admin endpoint and log set-up.
 //!
-//! Counters are plain `Cell`s owned by one worker thread: no atomics, no sharing on the hot
-//! path. They are reported on request (SIGUSR1) and at exit as one log line per worker.
+//! Counters are owned by one worker thread each ([`metrics::Counter`]: written by that
+//! thread only, no read-modify-write, no sharing between workers on the hot path). They are
+//! logged on request (SIGUSR1) and at exit as one line per worker, and scraped by the admin
+//! endpoint ([`admin`]), which merges every worker's into Prometheus text.
 
-use std::cell::Cell;
+pub mod admin;
+pub mod metrics;
+
 use std::fmt::Write as _;
 
 use tracing_subscriber::EnvFilter;
 
+pub use metrics::Counter;
+
+/// Worker counters that are gauges (a level now, not a running total).
+const GAUGES: [&str; 2] = ["active", "pipes_idle"];
+
 macro_rules! counters {
-    ($( $(#[$doc:meta])* $name:ident ),* $(,)?) => {
-        /// One worker's counters (see the README for their meaning).
+    ($( $(#[doc = $doc:literal])* $name:ident ),* $(,)?) => {
+        /// One worker's counters (see the README for their meaning). Aligned to keep
+        /// workers' sets off each other's cache lines.
         #[derive(Debug, Default)]
+        #[repr(align(128))]
         pub struct WorkerStats {
-            $( $(#[$doc])* pub $name: Cell<u64>, )*
+            $( $(#[doc = $doc])* pub $name: Counter, )*
         }
 
         impl WorkerStats {
             /// `name=value` pairs in a stable order.
             pub fn pairs(&self) -> Vec<(&'static str, u64)> {
                 vec![$( (stringify!($name), self.$name.get()), )*]
+            }
+
+            /// Each counter's name, its documentation and whether it is a gauge.
+            pub fn describe() -> Vec<(&'static str, String, bool)> {
+                vec![$( (
+                    stringify!($name),
+                    [$($doc),*].iter().map(|d| d.trim()).collect::<Vec<_>>().join(" "),
+                    GAUGES.contains(&stringify!($name)),
+                ), )*]
             }
         }
     };
@@ -86,32 +106,26 @@ counters! {
     pipes_idle,
 }
 
-/// Adds `n` to a worker-local counter.
-pub fn add(counter: &Cell<u64>, n: u64) {
-    counter.set(counter.get().wrapping_add(n));
+/// Adds `n` to a counter of this thread's worker.
+pub fn add(counter: &Counter, n: u64) {
+    counter.add(n);
 }
 
-pub fn inc(counter: &Cell<u64>) {
-    add(counter, 1);
+pub fn inc(counter: &Counter) {
+    counter.add(1);
 }
 
-pub fn dec(counter: &Cell<u64>) {
+pub fn dec(counter: &Counter) {
     counter.set(counter.get().saturating_sub(1));
 }
 
-/// Per-service handshake counters of one worker.
-#[derive(Debug, Default)]
-pub struct ServiceStats {
-    pub handshakes_full: Cell<u64>,
-    pub handshakes_resumed: Cell<u64>,
-}
-
 impl WorkerStats {
-    /// Copies counters kept elsewhere on this thread (the ticketer's) into the struct.
-    pub fn sync_thread_counters(&self) {
-        let (unknown, corrupt) = crate::tls::tickets::thread_decrypt_failures();
-        self.ticket_decrypt_unknown_key.set(unknown);
-        self.ticket_decrypt_corrupt.set(corrupt);
+    /// The value of the counter called `name`.
+    pub fn value(&self, name: &str) -> Option<u64> {
+        self.pairs()
+            .into_iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v)
     }
 
     /// `accepted=3 active=0 ...` for the stats log line.

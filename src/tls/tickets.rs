@@ -13,7 +13,7 @@
 //! load; the mutex is taken only to rotate. Decrypt failures are counted per thread, so
 //! each worker reads its own counters without shared writes.
 
-use std::cell::Cell;
+use std::cell::RefCell;
 use std::fmt;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -26,6 +26,8 @@ use base64::Engine as _;
 use rustls::server::ProducesTickets;
 use zeroize::Zeroize;
 
+use crate::obs::{Counter, WorkerStats};
+
 pub const NAME_LEN: usize = 16;
 pub const KEY_LEN: usize = 32;
 /// Bytes of one key in the keys file: name then AES-256 key.
@@ -34,18 +36,23 @@ const TAG_LEN: usize = 16;
 const HKDF_SALT: &[u8] = b"tlsfront session ticket keys v1";
 
 thread_local! {
-    static UNKNOWN_KEY: Cell<u64> = const { Cell::new(0) };
-    static CORRUPT: Cell<u64> = const { Cell::new(0) };
+    /// The counters of the worker running on this thread (rustls decrypts tickets deep
+    /// inside the handshake, where the worker's context is not at hand).
+    static COUNTERS: RefCell<Option<Arc<WorkerStats>>> = const { RefCell::new(None) };
 }
 
-/// This thread's ticket decrypt failures: (named key not held, failed authentication or
-/// malformed). Workers report them with their other counters.
-pub fn thread_decrypt_failures() -> (u64, u64) {
-    (UNKNOWN_KEY.with(Cell::get), CORRUPT.with(Cell::get))
+/// Ticket decrypt failures on this thread go to `stats` (`ticket_decrypt_unknown_key`,
+/// `ticket_decrypt_corrupt`).
+pub fn count_decrypt_failures_in(stats: Arc<WorkerStats>) {
+    COUNTERS.with(|c| *c.borrow_mut() = Some(stats));
 }
 
-fn bump(counter: &'static std::thread::LocalKey<Cell<u64>>) {
-    counter.with(|c| c.set(c.get() + 1));
+fn bump(counter: fn(&WorkerStats) -> &Counter) {
+    COUNTERS.with(|c| {
+        if let Some(stats) = &*c.borrow() {
+            counter(stats).add(1);
+        }
+    });
 }
 
 /// One named ticket key.
@@ -199,6 +206,26 @@ impl Ticketer {
         Some(t)
     }
 
+    /// For the metrics: where the keys come from, how many are held (the first encrypts),
+    /// and how old the encrypting one is when that is known (rotated keys; a keys file's
+    /// age is its own business).
+    pub fn state(&self) -> (&'static str, usize, Option<u64>) {
+        let held = self.current().map_or(0, |set| set.keys.len());
+        let now = (self.now)()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        match &self.source {
+            KeySource::Fixed(_) => ("file", held, None),
+            KeySource::Derived { rotation, .. } => {
+                ("secret", held, Some(now % rotation.as_secs().max(1)))
+            }
+            KeySource::Random { rotation } => {
+                ("random", held, Some(now % rotation.as_secs().max(1)))
+            }
+        }
+    }
+
     /// The keys for now, rotating first if a new epoch has begun.
     fn current(&self) -> Option<arc_swap::Guard<Arc<KeySet>>> {
         let set = self.keys.load();
@@ -288,14 +315,14 @@ impl ProducesTickets for Ticketer {
 
     fn decrypt(&self, ticket: &[u8]) -> Option<Vec<u8>> {
         if ticket.len() < NAME_LEN + NONCE_LEN + TAG_LEN {
-            bump(&CORRUPT);
+            bump(|s| &s.ticket_decrypt_corrupt);
             return None;
         }
         let (name, rest) = ticket.split_at(NAME_LEN);
         let (nonce, sealed) = rest.split_at(NONCE_LEN);
         let set = self.current()?;
         let Some(key) = set.keys.iter().find(|k| k.name[..] == *name) else {
-            bump(&UNKNOWN_KEY);
+            bump(|s| &s.ticket_decrypt_unknown_key);
             return None;
         };
         let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
@@ -310,7 +337,7 @@ impl ProducesTickets for Ticketer {
                 Some(body)
             }
             Err(_) => {
-                bump(&CORRUPT);
+                bump(|s| &s.ticket_decrypt_corrupt);
                 None
             }
         }
@@ -464,11 +491,12 @@ mod tests {
         let older = fixed(&[entry(2)]).encrypt(b"old").unwrap();
         assert_eq!(t.decrypt(&older).unwrap(), b"old");
         let oldest = fixed(&[entry(3)]).encrypt(b"oldest").unwrap();
-        let (unknown0, _) = thread_decrypt_failures();
+        let stats = Arc::new(WorkerStats::default());
+        count_decrypt_failures_in(stats.clone());
         assert!(fixed(&[entry(1), entry(2), entry(3)])
             .decrypt(&oldest)
             .is_none());
-        assert_eq!(thread_decrypt_failures().0, unknown0 + 1);
+        assert_eq!(stats.ticket_decrypt_unknown_key.get(), 1);
     }
 
     #[test]
@@ -501,14 +529,16 @@ mod tests {
 
     #[test]
     fn corrupt_tickets_are_refused_and_counted() {
+        let stats = Arc::new(WorkerStats::default());
+        count_decrypt_failures_in(stats.clone());
         let t = fixed(&[entry(9)]);
         let mut ticket = t.encrypt(b"state").unwrap();
-        let (_, corrupt0) = thread_decrypt_failures();
         let last = ticket.len() - 1;
         ticket[last] ^= 1;
         assert!(t.decrypt(&ticket).is_none());
         assert!(t.decrypt(&ticket[..10]).is_none());
-        assert_eq!(thread_decrypt_failures().1, corrupt0 + 2);
+        assert_eq!(stats.ticket_decrypt_corrupt.get(), 2);
+        assert_eq!(stats.ticket_decrypt_unknown_key.get(), 0);
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //! close_notify or FIN → FIN to the local client.
 
 use std::net::{Shutdown, SocketAddr};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rustls::pki_types::ServerName;
 
@@ -73,6 +73,7 @@ pub(super) async fn run(
             return CloseReason::TlsError;
         }
     };
+    let began = Instant::now();
     let mut bufs = Buffers::new();
     let handshaken = tokio::select! {
         r = tokio::time::timeout(svc.tunables.handshake_timeout, handshake(&remote, &mut tls, &mut bufs)) => r,
@@ -93,11 +94,13 @@ pub(super) async fn run(
                 }
                 None => swapped(reason),
             };
+            rt.stats.handshake_failed(reason);
             let _ = remote.shutdown(Shutdown::Both);
             return reason;
         }
         Err(_) => {
             obs::inc(&ctx.stats.handshake_timeouts);
+            rt.stats.handshake_failed(CloseReason::HandshakeTimeout);
             let _ = remote.shutdown(Shutdown::Both);
             return CloseReason::HandshakeTimeout;
         }
@@ -106,10 +109,9 @@ pub(super) async fn run(
     let info = tls.info();
     if info.resumed {
         obs::inc(&ctx.stats.handshakes_resumed);
-        obs::inc(&rt.stats.handshakes_resumed);
-    } else {
-        obs::inc(&rt.stats.handshakes_full);
     }
+    rt.stats
+        .handshake_done(tls.negotiated_suite(), info.resumed, began.elapsed());
     debug!(worker = ctx.id, service = %svc.name, %peer, version = info.version, suite = info.suite,
         alpn = info.alpn.as_deref().unwrap_or("-"), resumed = info.resumed, "handshake done");
 
@@ -138,7 +140,7 @@ pub(super) async fn run(
             ));
         }
     }
-    count_offload(ctx, offload);
+    count_offload(ctx, rt, offload);
     let established = Established {
         tls: Box::new(tls),
         bufs,

@@ -27,6 +27,7 @@ use crate::io::connect::{self, ConnectError};
 use crate::io::ktls;
 use crate::io::sockopt;
 use crate::obs;
+use crate::obs::metrics::{ConnectFailure, OffloadLabel};
 use crate::route::identity;
 use crate::route::pool::{HealthChange, Pool};
 use crate::route::proxy_header::{self, ConnInfo, TlsSummary};
@@ -40,6 +41,8 @@ pub(super) struct Slot {
 
 impl Slot {
     pub(super) fn new(ctx: &Rc<WorkerCtx>, rt: &Rc<ServiceRt>) -> Slot {
+        obs::inc(&rt.stats.accepted);
+        obs::inc(&rt.stats.active);
         Slot {
             ctx: ctx.clone(),
             rt: rt.clone(),
@@ -52,6 +55,7 @@ impl Drop for Slot {
         let active = &self.rt.active;
         active.set(active.get().saturating_sub(1));
         obs::dec(&self.ctx.stats.active);
+        obs::dec(&self.rt.stats.active);
         obs::inc(&self.ctx.stats.closed);
         self.ctx.conn_closed.notify_waiters();
     }
@@ -150,6 +154,7 @@ pub(super) async fn serve(
         .map_or("-", |r| r.name.as_str());
     obs::add(&ctx.stats.bytes_client_to_backend, up);
     obs::add(&ctx.stats.bytes_backend_to_client, down);
+    rt.stats.closed(reason, up, down);
     let duration_ms = started.elapsed().as_millis() as u64;
     if !reason.is_clean() {
         obs::inc(&ctx.stats.closed_with_error);
@@ -230,6 +235,7 @@ async fn open<'r, 'c>(
     ready: &mut Option<Ready<'r, 'c>>,
 ) -> CloseReason {
     let svc = rt.svc();
+    let began = Instant::now();
     let mut bufs = Buffers::new();
     let mut session: Option<ServerTls> = None;
     let mut peer = peer;
@@ -266,10 +272,16 @@ async fn open<'r, 'c>(
         // (tickets), as `openssl s_time` does.
         Ok(Err(reason)) if finished => {
             obs::inc(&ctx.stats.handshakes);
+            if let Some(tls) = &session {
+                let resumed = tls.info().resumed;
+                rt.stats
+                    .handshake_done(tls.negotiated_suite(), resumed, began.elapsed());
+            }
             return reason;
         }
         Ok(Err(reason)) => {
             obs::inc(&ctx.stats.handshake_failures);
+            rt.stats.handshake_failed(reason);
             if reason.is_client_cert_refusal() {
                 obs::inc(&ctx.stats.client_cert_rejected);
             } else if reason == CloseReason::SniUnknown {
@@ -279,6 +291,7 @@ async fn open<'r, 'c>(
         }
         Err(_elapsed) => {
             obs::inc(&ctx.stats.handshake_timeouts);
+            rt.stats.handshake_failed(CloseReason::HandshakeTimeout);
             return CloseReason::HandshakeTimeout;
         }
     };
@@ -294,13 +307,11 @@ async fn open<'r, 'c>(
     };
     obs::inc(&ctx.stats.handshakes);
     let info = tls.info();
-    let svc_stats = &rt.stats;
     if info.resumed {
         obs::inc(&ctx.stats.handshakes_resumed);
-        obs::inc(&svc_stats.handshakes_resumed);
-    } else {
-        obs::inc(&svc_stats.handshakes_full);
     }
+    rt.stats
+        .handshake_done(tls.negotiated_suite(), info.resumed, began.elapsed());
     // A verified certificate whose names cannot be read is refused rather than treated as
     // none: its holder would otherwise reach backends as an anonymous client.
     let identity = match tls.client_certificate().map(Identity::from_der) {
@@ -415,7 +426,7 @@ async fn open<'r, 'c>(
             ));
         }
     }
-    count_offload(ctx, offload);
+    count_offload(ctx, rt, offload);
     match offload {
         Offload::Kernel { .. } => {
             info!(worker = ctx.id, service = %svc.name, %peer, offload = %"ktls", "offload")
@@ -581,6 +592,11 @@ pub(super) async fn connect_upstream<'r>(
             }
             Err(e) => {
                 obs::inc(&ctx.stats.backend_connect_failures);
+                rt.stats.backend_connect_failed(match e {
+                    ConnectError::Refused => ConnectFailure::Refused,
+                    ConnectError::TimedOut => ConnectFailure::Timeout,
+                    ConnectError::Other(_) => ConnectFailure::Error,
+                });
                 if pool.failed(i, Instant::now()) == HealthChange::Down {
                     warn!(worker = ctx.id, service = %svc.name, backend = %backend_addr, retry_after = ?policy.pool.retry, "backend down");
                 } else if addrs.len() > 1 {
@@ -656,7 +672,15 @@ fn register_identity<'c>(
     Some(ctx.identities.register(local.port(), remote, record))
 }
 
-pub(super) fn count_offload(ctx: &WorkerCtx, offload: Offload) {
+pub(super) fn count_offload(ctx: &WorkerCtx, rt: &ServiceRt, offload: Offload) {
+    rt.stats.offloaded(match offload {
+        Offload::Kernel { .. } => OffloadLabel::Ktls,
+        Offload::Userspace(UserspaceReason::Disabled) => OffloadLabel::Disabled,
+        Offload::Userspace(UserspaceReason::KernelLacksTlsUlp) => OffloadLabel::KernelLacksTlsUlp,
+        Offload::Userspace(UserspaceReason::CipherUnsupported) => OffloadLabel::CipherUnsupported,
+        Offload::Userspace(UserspaceReason::InstallFailed(_)) => OffloadLabel::InstallFailed,
+        Offload::Userspace(UserspaceReason::Reencrypt) => OffloadLabel::Reencrypt,
+    });
     let s = &ctx.stats;
     obs::inc(match offload {
         Offload::Kernel { .. } => &s.offload_ktls,

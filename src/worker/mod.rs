@@ -23,7 +23,8 @@ use tracing::{debug, info, warn};
 use crate::config::{Config, Service};
 use crate::conn::offload;
 use crate::io::pipe::PipePool;
-use crate::obs::{self, ServiceStats, WorkerStats};
+use crate::obs::metrics::{Registry, ServiceStats};
+use crate::obs::{self, WorkerStats};
 
 /// Orders the main thread sends to a worker.
 pub enum Control {
@@ -70,6 +71,8 @@ pub struct WorkerSpec {
     pub cpu: Option<usize>,
     pub config: Arc<Config>,
     pub listeners: Vec<WorkerListener>,
+    /// Where the worker registers its counters for the admin endpoint.
+    pub metrics: Arc<Registry>,
 }
 
 /// One service as a worker runs it. Connections keep the `Rc` they started with, so a reload
@@ -85,7 +88,7 @@ pub(crate) struct ServiceRt {
     pub limit: u32,
     /// Open connections of this service on this worker.
     pub active: Rc<Cell<u32>>,
-    pub stats: Rc<ServiceStats>,
+    pub stats: Arc<ServiceStats>,
     /// Set when a reload replaced this configuration: its health checks stop (open
     /// connections still use it to their end).
     pub retired: Cell<bool>,
@@ -112,7 +115,7 @@ impl ServiceRt {
         config: &Arc<Config>,
         index: usize,
         active: Rc<Cell<u32>>,
-        stats: Rc<ServiceStats>,
+        stats: Arc<ServiceStats>,
     ) -> Rc<ServiceRt> {
         let svc = &config.services[index];
         let workers = config.global.workers as u32;
@@ -249,7 +252,9 @@ pub(crate) struct WorkerCtx {
     pub id: usize,
     /// The configuration new connections use (replaced on reload).
     pub config: RefCell<Arc<Config>>,
-    pub stats: WorkerStats,
+    pub stats: Arc<WorkerStats>,
+    /// The process's counter registry (this worker adds a set per service it runs).
+    pub metrics: Arc<Registry>,
     /// Spare pipes for the kTLS splice relay.
     pub pipes: PipePool,
     /// Signalled whenever a connection ends.
@@ -280,6 +285,12 @@ impl WorkerCtx {
     fn total_active(&self) -> u64 {
         self.stats.active.get()
     }
+
+    /// A new counter set for service `index` of `config` on this worker.
+    fn service_stats(&self, config: &Config, index: usize) -> Arc<ServiceStats> {
+        self.metrics
+            .add_service(&config.services[index].name, self.id)
+    }
 }
 
 /// Runs a worker on the current thread until it is told to shut down and has drained.
@@ -308,11 +319,15 @@ async fn worker_main(
     mut control: mpsc::UnboundedReceiver<Control>,
     started: std::sync::mpsc::Sender<usize>,
 ) {
+    let stats = Arc::new(WorkerStats::default());
+    spec.metrics.add_worker(spec.id, stats.clone());
+    crate::tls::tickets::count_decrypt_failures_in(stats.clone());
     let ctx = Rc::new(WorkerCtx {
         id: spec.id,
+        metrics: spec.metrics.clone(),
         pipes: PipePool::new(pipe_size(&spec.config), PIPES_KEPT_PER_WORKER),
         config: RefCell::new(spec.config.clone()),
-        stats: WorkerStats::default(),
+        stats,
         conn_closed: Notify::new(),
         force_close: Notify::new(),
         draining: Cell::new(false),
@@ -322,7 +337,8 @@ async fn worker_main(
         .listeners
         .into_iter()
         .map(|l| {
-            let rt = ServiceRt::new(&spec.config, l.service, Rc::default(), Rc::default());
+            let stats = ctx.service_stats(&spec.config, l.service);
+            let rt = ServiceRt::new(&spec.config, l.service, Rc::default(), stats);
             start_listener(&ctx, l, rt)
         })
         .collect();
@@ -415,12 +431,13 @@ fn apply_reload(ctx: &Rc<WorkerCtx>, old: Vec<ListenerRt>, reload: Reload) -> Ve
                 let l = l.take().expect("found above");
                 let previous = l.current.borrow().clone();
                 previous.retired.set(true);
-                let rt = ServiceRt::new(
-                    &config,
-                    index,
-                    previous.active.clone(),
-                    previous.stats.clone(),
-                );
+                // The counters carry over unless the service was renamed.
+                let stats = if previous.stats.service == config.services[index].name {
+                    previous.stats.clone()
+                } else {
+                    ctx.service_stats(&config, index)
+                };
+                let rt = ServiceRt::new(&config, index, previous.active.clone(), stats);
                 // Accepted sockets inherit the listener's options: give it the new ones.
                 let tunables = &rt.svc().tunables;
                 let applied = crate::io::sockopt::apply_stream_tunables(
@@ -441,7 +458,8 @@ fn apply_reload(ctx: &Rc<WorkerCtx>, old: Vec<ListenerRt>, reload: Reload) -> Ve
                 next.push(l);
             }
             ListenerChange::New(listener) => {
-                let rt = ServiceRt::new(&config, index, Rc::default(), Rc::default());
+                let stats = ctx.service_stats(&config, index);
+                let rt = ServiceRt::new(&config, index, Rc::default(), stats);
                 next.push(start_listener(ctx, listener, rt));
             }
         }
@@ -469,7 +487,6 @@ fn log_stats(ctx: &WorkerCtx, listeners: &[ListenerRt]) {
 }
 
 fn log_worker_stats(ctx: &WorkerCtx) {
-    ctx.stats.sync_thread_counters();
     info!("worker stats worker={} {}", ctx.id, ctx.stats.render());
 }
 
