@@ -40,6 +40,14 @@ pub enum ServerError {
     Signals(std::io::Error),
     #[error("worker {0} stopped unexpectedly")]
     WorkerDied(usize),
+    #[error("cannot drop privileges to user {user} (uid {uid}) group {group} (gid {gid}): {source} (changing user needs starting as root)")]
+    Privilege {
+        user: String,
+        uid: u32,
+        group: String,
+        gid: u32,
+        source: std::io::Error,
+    },
     #[error("admin {addr}: {source}")]
     Admin {
         addr: String,
@@ -278,6 +286,11 @@ fn plan_reload(
         config.global.identity_socket_mode = previous.global.identity_socket_mode;
     }
     prepare(&mut config, echo).map_err(|e| e.to_string())?;
+    warn_readable_keys(&config);
+    if config.global.run_as != previous.global.run_as {
+        warn!("reload: user and group changes need a restart");
+        config.global.run_as = previous.global.run_as.clone();
+    }
     let mut per_worker: Vec<Vec<ListenerChange>> = (0..workers).map(|_| Vec::new()).collect();
     let mut bindings = Vec::with_capacity(config.services.len());
     for (index, svc) in config.services.iter().enumerate() {
@@ -350,6 +363,59 @@ fn keep_random_ticket_keys(config: &mut Config, previous: &Config) {
     }
 }
 
+/// Private keys other users can read are worth a warning (they were read as the user
+/// tlsfront started as; nothing else should be able to).
+fn warn_readable_keys(config: &Config) {
+    use std::os::unix::fs::PermissionsExt;
+    let keys = config
+        .services
+        .iter()
+        .flat_map(|s| &s.routes)
+        .filter_map(|r| r.tls.as_ref()?.key_file.as_ref());
+    for key in keys {
+        if let Ok(meta) = std::fs::metadata(key) {
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o004 != 0 {
+                warn!(
+                    "private key {} is readable by every user (mode {mode:04o}): chmod o-r it (0600, or 0640 with tlsfront's group)",
+                    key.display()
+                );
+            }
+        }
+    }
+}
+
+/// Most descriptors one connection holds: the kTLS relay's two sockets and the duplicates
+/// its splice ops keep (the userspace relay holds two).
+const FDS_PER_CONNECTION: u64 = 4;
+/// Listeners, rings, pooled pipes, log and admin sockets.
+const FDS_SPARE: u64 = 1024;
+
+/// Raises RLIMIT_NOFILE to what every service's `max_connections` may need, while the
+/// process may still raise its hard limit (before dropping privileges); says so when it
+/// cannot.
+fn ensure_nofile(config: &Config) {
+    use crate::io::privilege::{raise_nofile, NofileOutcome};
+    let connections: u64 = config
+        .services
+        .iter()
+        .map(|s| u64::from(s.tunables.max_connections))
+        .sum();
+    let need = connections * FDS_PER_CONNECTION + FDS_SPARE;
+    match raise_nofile(need) {
+        NofileOutcome::Enough { soft } => {
+            info!("open files limit {soft} covers max_connections ({connections} in all)")
+        }
+        NofileOutcome::Raised { from, to } => {
+            info!("open files limit raised from {from} to {to} for max_connections ({connections} in all)")
+        }
+        NofileOutcome::Short { soft, hard } => warn!(
+            "open files limit is {soft} (hard limit {hard}) but max_connections ({connections} in all) may need {need}: connections past ~{} will fail to be accepted; raise the hard limit (systemd LimitNOFILE=, ulimit -Hn, /etc/security/limits.conf) or lower max_connections",
+            soft.saturating_sub(FDS_SPARE) / FDS_PER_CONNECTION
+        ),
+    }
+}
+
 /// The services' ticket keys, for the metrics.
 fn publish_ticketers(metrics: &Registry, config: &Config) {
     let list = config
@@ -369,6 +435,8 @@ fn publish_ticketers(metrics: &Registry, config: &Config) {
 pub fn run(mut config: Config, source: ReloadSource) -> Result<(), ServerError> {
     let mut echo = None;
     prepare(&mut config, &mut echo)?;
+    warn_readable_keys(&config);
+    ensure_nofile(&config);
     let metrics = Arc::new(Registry::default());
     publish_ticketers(&metrics, &config);
     let admin_listener = match &config.global.admin {
@@ -396,6 +464,35 @@ pub fn run(mut config: Config, source: ReloadSource) -> Result<(), ServerError> 
         None => None,
     };
     let (listeners, mut bindings) = bind_all(&config)?;
+    // Everything that needs the starting user's rights is done: listeners bound, keys read,
+    // socket files created (handed to the new user, so it can remove them at exit).
+    if let Some(to) = &config.global.run_as {
+        let sockets = [
+            config.global.identity_socket.clone(),
+            match &config.global.admin {
+                Some(AdminAddr::Unix(p)) => Some(p.clone()),
+                _ => None,
+            },
+        ];
+        let dropped = sockets
+            .iter()
+            .flatten()
+            .try_for_each(|p| crate::io::privilege::chown(p, to))
+            .and_then(|()| crate::io::privilege::drop_to(to));
+        if let Err(source) = dropped {
+            return Err(ServerError::Privilege {
+                user: to.user.clone(),
+                uid: to.uid,
+                group: to.group.clone(),
+                gid: to.gid,
+                source,
+            });
+        }
+        info!(
+            "running as user={} uid={} group={} gid={}",
+            to.user, to.uid, to.group, to.gid
+        );
+    }
     for (svc, b) in config.services.iter().zip(&bindings) {
         info!(
             "listening service={} addr={} workers={}",

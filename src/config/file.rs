@@ -29,6 +29,8 @@ pub struct GlobalSection {
     pub identity_socket_mode: Option<String>,
     pub admin: Option<String>,
     pub shutdown_delay: Option<DurationValue>,
+    pub user: Option<String>,
+    pub group: Option<String>,
 }
 
 /// `workers = N | "auto"`.

@@ -98,6 +98,8 @@ pub struct Global {
     /// On SIGTERM: how long `/ready` reports draining while the listeners still accept,
     /// before the drain starts (time for load balancers to stop sending connections).
     pub shutdown_delay: Duration,
+    /// `user` / `group`: the account to drop to once listeners are bound and keys read.
+    pub run_as: Option<crate::io::privilege::RunAs>,
 }
 
 /// Where a service sends decrypted traffic.
@@ -237,6 +239,8 @@ pub struct RouteTls {
     pub client_auth: ClientAuthMode,
     /// What this route's tickets are bound to: its names and its client authentication.
     pub ticket_context: [u8; CONTEXT_LEN],
+    /// The private key's file (none for an ephemeral certificate).
+    pub key_file: Option<PathBuf>,
 }
 
 impl RouteTls {
@@ -625,6 +629,22 @@ impl Builder<'_> {
                 )?)),
             },
             shutdown_delay: g.shutdown_delay.map_or(Duration::ZERO, |d| d.0),
+            run_as: match (g.user.as_deref(), g.group.as_deref()) {
+                (None, None) => None,
+                (None, Some(_)) => {
+                    return Err(self.err(
+                        Section::Global,
+                        "group",
+                        "a group needs a user to drop to: set user as well",
+                    ))
+                }
+                (Some(user), group) => {
+                    Some(crate::io::privilege::resolve(user, group).map_err(|e| {
+                        let field = if e.contains("group") { "group" } else { "user" };
+                        self.err(Section::Global, field, e)
+                    })?)
+                }
+            },
             identity_socket_mode: match g.identity_socket_mode.as_deref() {
                 None => DEFAULT_IDENTITY_SOCKET_MODE,
                 Some(text) => u32::from_str_radix(text.trim_start_matches("0o"), 8)
@@ -1182,6 +1202,10 @@ impl Builder<'_> {
             ephemeral_cert: matches!(source, CertSource::Ephemeral),
             client_auth,
             ticket_context: self.ticket_context(route_key, eff, client_auth),
+            key_file: match &source {
+                CertSource::Files { key, .. } => Some(key.clone()),
+                CertSource::Ephemeral => None,
+            },
         };
         if let Some(t) = ticketer {
             tls.bind_tickets(t);

@@ -11,6 +11,7 @@ pub mod ktls;
 pub mod nb;
 pub mod pipe;
 pub mod poll;
+pub mod privilege;
 pub mod sockopt;
 pub mod splice;
 

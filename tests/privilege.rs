@@ -1,0 +1,186 @@
+//! Least privilege: `[global] user` / `group` (bind and read keys as the starting user, then
+//! drop to the configured one for good), the open-files limit raised for `max_connections`,
+//! and a warning for private keys everyone can read.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use common::pki::*;
+use common::*;
+
+fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// `Uid:`/`Gid:`/`Groups:`/`CapEff:` of every thread of `pid`.
+fn thread_ids(pid: u32) -> Vec<(String, String, String, String)> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+    tasks
+        .map(|t| {
+            let status = std::fs::read_to_string(t.unwrap().path().join("status")).unwrap();
+            let get = |key: &str| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix(key))
+                    .unwrap_or_default()
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            };
+            (get("Uid:"), get("Gid:"), get("Groups:"), get("CapEff:"))
+        })
+        .collect()
+}
+
+#[test]
+fn started_as_root_it_runs_as_the_configured_user_and_still_serves() {
+    if !is_root() {
+        eprintln!("SKIP started_as_root_it_runs_as_the_configured_user_and_still_serves: not root");
+        return;
+    }
+    let env = TestEnv::new();
+    let echo = Backend::echo();
+    // The key is root's alone: read before the drop.
+    std::fs::set_permissions(&env.key_pem, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let proxy = env
+        .config(echo.addr)
+        .workers(2)
+        .global("user = \"nobody\"")
+        .global("group = \"nogroup\"")
+        .start();
+    assert!(
+        proxy.wait_for_log(
+            "running as user=nobody uid=65534 group=nogroup gid=65534",
+            Duration::from_secs(5)
+        ),
+        "{}",
+        proxy.log()
+    );
+    let threads = thread_ids(proxy.pid());
+    assert!(threads.len() >= 3, "{threads:?}");
+    for (uid, gid, groups, caps) in &threads {
+        assert_eq!(uid, "65534 65534 65534 65534", "{threads:?}");
+        assert_eq!(gid, "65534 65534 65534 65534", "{threads:?}");
+        assert_eq!(groups, "65534", "{threads:?}");
+        assert_eq!(caps, "0000000000000000", "{threads:?}");
+    }
+    let cfg = env.client_with(&ClientOpts::tls13());
+    for i in 0..4 {
+        let mut tls = tls_connect_ok(proxy.addr(), &cfg);
+        assert_echo(&mut tls, format!("as nobody {i}").as_bytes(), "echo");
+    }
+}
+
+#[test]
+fn changing_user_without_root_fails_start_up_clearly() {
+    if is_root() {
+        eprintln!("SKIP changing_user_without_root_fails_start_up_clearly: running as root");
+        return;
+    }
+    let env = TestEnv::new();
+    let path = env.write_config(
+        &env.config("127.0.0.1:9")
+            .global("user = \"root\"")
+            .to_toml(),
+    );
+    let out = run_tlsfront(
+        ["serve".as_ref(), "--config".as_ref(), path.as_os_str()],
+        Duration::from_secs(15),
+    );
+    assert_ne!(out.code(), Some(0), "{out:?}");
+    assert!(
+        out.stderr.contains("cannot drop privileges to user root"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn unknown_users_and_groups_are_config_errors() {
+    let env = TestEnv::new();
+    let toml = env
+        .config("127.0.0.1:9")
+        .global("user = \"no-such-user-tlsfront\"")
+        .to_toml();
+    expect_config_error(&env, &toml, "user =", "user");
+    let toml = env
+        .config("127.0.0.1:9")
+        .global("user = \"nobody\"")
+        .global("group = \"no-such-group-tlsfront\"")
+        .to_toml();
+    expect_config_error(&env, &toml, "group =", "group");
+    let toml = env
+        .config("127.0.0.1:9")
+        .global("group = \"nogroup\"")
+        .to_toml();
+    expect_config_error(&env, &toml, "group =", "group");
+}
+
+#[test]
+fn a_private_key_everyone_can_read_gets_a_warning() {
+    let env = TestEnv::new();
+    let echo = Backend::echo();
+    let key = env.key_pem.display().to_string();
+    std::fs::set_permissions(&env.key_pem, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let proxy = env.config(echo.addr).start();
+    let warned = |p: &Proxy| {
+        p.log_lines("readable by every user")
+            .iter()
+            .any(|l| l.contains(&key) && l.contains("0644"))
+    };
+    assert!(warned(&proxy), "{}", proxy.log());
+    drop(proxy);
+    std::fs::set_permissions(&env.key_pem, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let proxy = env.config(echo.addr).start();
+    assert!(!warned(&proxy), "{}", proxy.log());
+}
+
+/// The soft limit goes up to what `max_connections` needs (4 descriptors per connection plus
+/// 1024), or as far as the hard limit allows, with a warning that says what is short.
+#[test]
+fn the_open_files_limit_follows_max_connections() {
+    use rustix::process::{getrlimit, Resource};
+    let limits = getrlimit(Resource::Nofile);
+    let soft = limits.current.unwrap_or(u64::MAX);
+    let hard = limits.maximum.unwrap_or(u64::MAX);
+    let env = TestEnv::new();
+    let echo = Backend::echo();
+    let soft_of = |p: &Proxy| -> u64 {
+        let limits = std::fs::read_to_string(format!("/proc/{}/limits", p.pid())).unwrap();
+        let line = limits
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .unwrap();
+        line.split_whitespace().nth(3).unwrap().parse().unwrap()
+    };
+    if hard >= soft + 8 && hard != u64::MAX {
+        // Room between soft and hard: asking for a bit more than soft raises it exactly.
+        let connections = (soft.saturating_sub(1024) / 4 + 1).max(1);
+        let need = connections * 4 + 1024;
+        assert!(need > soft && need <= hard + 4, "{soft} {hard} {need}");
+        let proxy = env
+            .config(echo.addr)
+            .service(&format!("max_connections = {connections}"))
+            .start();
+        if need <= hard {
+            assert_eq!(soft_of(&proxy), need, "{}", proxy.log());
+            assert!(proxy.wait_for_log("open files limit raised", Duration::from_secs(5)));
+        }
+    }
+    // Far more than any hard limit here: raised to the hard limit, and a warning says so.
+    let proxy = env
+        .config(echo.addr)
+        .service("max_connections = 100000000")
+        .start();
+    let line = proxy
+        .log_lines("open files limit is")
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| panic!("no warning:\n{}", proxy.log()));
+    assert!(line.contains("may need 400001024"), "{line}");
+    if hard != u64::MAX {
+        // (fs.nr_open, 1048576 by default, keeps even root from raising it that far.)
+        assert_eq!(soft_of(&proxy), hard, "{line}");
+    }
+}
