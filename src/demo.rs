@@ -82,7 +82,9 @@ pub fn run(opts: &DemoOptions) -> anyhow::Result<DemoOutput> {
     std::fs::write(
         &config,
         format!(
-            "[global]\nworkers = 1\ncpus = [{proxy_cpu}]\n\n[[service]]\nname = \"demo\"\n\
+            "# A loopback benchmark: it runs as whoever starts the demo, root too.\n\
+             [global]\nworkers = 1\ncpus = [{proxy_cpu}]\nallow_root = true\n\n\
+             [[service]]\nname = \"demo\"\n\
              listen = \"127.0.0.1:0\"\nbackend = \"{backend_addr}\"\ncert = \"{}\"\nkey = \"{}\"\n",
             opts.out.join("cert.pem").display(),
             opts.out.join("key.pem").display()

@@ -42,6 +42,9 @@ enum Command {
         /// Log level or filter (RUST_LOG wins when set).
         #[arg(long)]
         log_level: Option<String>,
+        /// Serve as root without a `user` to drop to (as `[global] allow_root = true`).
+        #[arg(long)]
+        allow_root: bool,
     },
     /// Validate a configuration (loads certificates and keys too), then exit.
     Check {
@@ -251,6 +254,7 @@ fn main() -> ExitCode {
             key,
             workers,
             log_level,
+            allow_root,
         } => {
             let overrides = Overrides {
                 listen,
@@ -258,6 +262,7 @@ fn main() -> ExitCode {
                 cert,
                 key,
                 workers,
+                allow_root,
             };
             let cfg = match config::load(path.as_deref(), &overrides) {
                 Ok(cfg) => cfg,

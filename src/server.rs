@@ -48,6 +48,8 @@ pub enum ServerError {
         gid: u32,
         source: std::io::Error,
     },
+    #[error("refusing to serve as root: set [global] user = \"...\" (tlsfront drops to it once its listeners are bound and its keys read), or allow_root = true (--allow-root) to serve as root anyway")]
+    Root,
     #[error("admin {addr}: {source}")]
     Admin {
         addr: String,
@@ -416,6 +418,28 @@ fn ensure_nofile(config: &Config) {
     }
 }
 
+/// Serving as root is refused unless it was asked for or there is a user to drop to. The
+/// built-in demo (no configuration file, no certificate, the built-in echo backend: nothing
+/// real behind it, loopback by default) only gets a warning.
+fn check_root(config: &Config, source: &ReloadSource) -> Result<(), ServerError> {
+    let dropping = config.global.run_as.as_ref().is_some_and(|r| r.uid != 0);
+    if !rustix::process::geteuid().is_root() || dropping || config.global.allow_root {
+        return Ok(());
+    }
+    let demo = source.path.is_none()
+        && config.services.iter().flat_map(|s| &s.routes).all(|r| {
+            r.tls.as_ref().is_some_and(|t| t.ephemeral_cert)
+                && r.upstreams
+                    .iter()
+                    .all(|u| u.backend == Backend::BuiltinEcho)
+        });
+    if !demo {
+        return Err(ServerError::Root);
+    }
+    warn!("serving the built-in demo as root; with a configuration, tlsfront refuses to run as root unless [global] user or allow_root is set");
+    Ok(())
+}
+
 /// The services' ticket keys, for the metrics.
 fn publish_ticketers(metrics: &Registry, config: &Config) {
     let list = config
@@ -433,6 +457,7 @@ fn publish_ticketers(metrics: &Registry, config: &Config) {
 /// Runs the proxy until a shutdown signal has been handled and every worker has drained.
 /// SIGHUP re-reads the configuration from `source` (see [`plan_reload`]).
 pub fn run(mut config: Config, source: ReloadSource) -> Result<(), ServerError> {
+    check_root(&config, &source)?;
     let mut echo = None;
     prepare(&mut config, &mut echo)?;
     warn_readable_keys(&config);

@@ -184,3 +184,51 @@ fn the_open_files_limit_follows_max_connections() {
         assert_eq!(soft_of(&proxy), hard, "{line}");
     }
 }
+
+#[test]
+fn as_root_it_refuses_to_serve_a_configuration_without_a_user_or_allow_root() {
+    if !is_root() {
+        eprintln!("SKIP as_root_it_refuses_to_serve_a_configuration_without_a_user_or_allow_root: not root");
+        return;
+    }
+    let env = TestEnv::new();
+    let echo = Backend::echo();
+    let path = env.write_config(&env.config(echo.addr).to_toml());
+    let serve = ["serve".as_ref(), "--config".as_ref(), path.as_os_str()];
+    let mut refused = Proxy::spawn_exact(serve);
+    let status = refused.wait_exit(Duration::from_secs(15));
+    assert!(status.is_some_and(|s| !s.success()), "{status:?}");
+    let log = refused.log();
+    assert!(
+        log.contains("refusing to serve as root") && log.contains("allow_root"),
+        "{log}"
+    );
+    assert!(!log.contains("ready workers="), "{log}");
+
+    // Asked for explicitly, in the file or on the command line, it serves.
+    let path = env.write_config(&env.config(echo.addr).global("allow_root = true").to_toml());
+    let mut allowed = Proxy::spawn_exact(["serve".as_ref(), "--config".as_ref(), path.as_os_str()]);
+    allowed.wait_ready(Duration::from_secs(20));
+    let path = env.write_config(&env.config(echo.addr).to_toml());
+    let mut flagged = Proxy::spawn_exact([
+        "serve".as_ref(),
+        "--allow-root".as_ref(),
+        "--config".as_ref(),
+        path.as_os_str(),
+    ]);
+    flagged.wait_ready(Duration::from_secs(20));
+    let cfg = env.client_with(&ClientOpts::tls13());
+    for p in [&allowed, &flagged] {
+        let mut tls = tls_connect_ok(p.addr(), &cfg);
+        assert_echo(&mut tls, b"as root, asked for", "echo");
+    }
+
+    // The built-in demo (no file, no certificate, the built-in echo) only gets a warning.
+    let mut demo = Proxy::spawn_exact(["serve", "--listen", "127.0.0.1:0"]);
+    demo.wait_ready(Duration::from_secs(20));
+    assert!(
+        demo.log().contains("serving the built-in demo as root"),
+        "{}",
+        demo.log()
+    );
+}

@@ -31,6 +31,7 @@ pub struct GlobalSection {
     pub shutdown_delay: Option<DurationValue>,
     pub user: Option<String>,
     pub group: Option<String>,
+    pub allow_root: Option<bool>,
 }
 
 /// `workers = N | "auto"`.

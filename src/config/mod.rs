@@ -71,6 +71,8 @@ pub struct Overrides {
     pub cert: Option<String>,
     pub key: Option<String>,
     pub workers: Option<usize>,
+    /// `--allow-root` (as `[global] allow_root = true`).
+    pub allow_root: bool,
 }
 
 /// The validated runtime configuration.
@@ -100,6 +102,8 @@ pub struct Global {
     pub shutdown_delay: Duration,
     /// `user` / `group`: the account to drop to once listeners are bound and keys read.
     pub run_as: Option<crate::io::privilege::RunAs>,
+    /// Serving as root (no `user` to drop to) was asked for explicitly.
+    pub allow_root: bool,
 }
 
 /// Where a service sends decrypted traffic.
@@ -629,6 +633,7 @@ impl Builder<'_> {
                 )?)),
             },
             shutdown_delay: g.shutdown_delay.map_or(Duration::ZERO, |d| d.0),
+            allow_root: g.allow_root.unwrap_or(false) || self.overrides.allow_root,
             run_as: match (g.user.as_deref(), g.group.as_deref()) {
                 (None, None) => None,
                 (None, Some(_)) => {

@@ -375,8 +375,25 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    /// Spawns `tlsfront <args>` without waiting for anything.
+    /// Spawns `tlsfront <args>` without waiting for anything. Run as root (CI), `serve` gets
+    /// `--allow-root`: tests serve as whoever runs them (see [`Proxy::spawn_exact`]).
     pub fn spawn<I, S>(args: I) -> Proxy
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut args: Vec<String> = args
+            .into_iter()
+            .map(|a| a.as_ref().to_string_lossy().into_owned())
+            .collect();
+        if args.first().is_some_and(|a| a == "serve") && rustix::process::geteuid().is_root() {
+            args.insert(1, "--allow-root".into());
+        }
+        Proxy::spawn_exact(args)
+    }
+
+    /// Spawns `tlsfront <args>` exactly as given.
+    pub fn spawn_exact<I, S>(args: I) -> Proxy
     where
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,

@@ -47,6 +47,7 @@ cat >"$W/tlsfront.toml" <<CONF
 [global]
 workers = 1
 pin = false
+allow_root = true
 [[service]]
 name = "hold"
 listen = "0.0.0.0:18443"
