@@ -45,6 +45,9 @@ enum Command {
         /// Serve as root without a `user` to drop to (as `[global] allow_root = true`).
         #[arg(long)]
         allow_root: bool,
+        /// Log lines as text or as one JSON object per line (overrides `log_format`).
+        #[arg(long, value_enum)]
+        log_format: Option<tlsfront::obs::LogFormat>,
     },
     /// Validate a configuration (loads certificates and keys too), then exit.
     Check {
@@ -255,6 +258,7 @@ fn main() -> ExitCode {
             workers,
             log_level,
             allow_root,
+            log_format,
         } => {
             let overrides = Overrides {
                 listen,
@@ -271,7 +275,10 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            tlsfront::obs::init_logging(log_level.as_deref().or(cfg.global.log_level.as_deref()));
+            tlsfront::obs::init_logging(
+                log_level.as_deref().or(cfg.global.log_level.as_deref()),
+                log_format.unwrap_or(cfg.global.log_format),
+            );
             let source = tlsfront::server::ReloadSource { path, overrides };
             match tlsfront::server::run(cfg, source) {
                 Ok(()) => ExitCode::SUCCESS,

@@ -32,6 +32,7 @@ pub struct GlobalSection {
     pub user: Option<String>,
     pub group: Option<String>,
     pub allow_root: Option<bool>,
+    pub log_format: Option<String>,
 }
 
 /// `workers = N | "auto"`.

@@ -104,6 +104,8 @@ pub struct Global {
     pub run_as: Option<crate::io::privilege::RunAs>,
     /// Serving as root (no `user` to drop to) was asked for explicitly.
     pub allow_root: bool,
+    /// `log_format = "text" | "json"` (`--log-format` overrides it).
+    pub log_format: crate::obs::LogFormat,
 }
 
 /// Where a service sends decrypted traffic.
@@ -634,6 +636,17 @@ impl Builder<'_> {
             },
             shutdown_delay: g.shutdown_delay.map_or(Duration::ZERO, |d| d.0),
             allow_root: g.allow_root.unwrap_or(false) || self.overrides.allow_root,
+            log_format: match g.log_format.as_deref() {
+                None | Some("text") => crate::obs::LogFormat::Text,
+                Some("json") => crate::obs::LogFormat::Json,
+                Some(other) => {
+                    return Err(self.err(
+                        Section::Global,
+                        "log_format",
+                        format!("must be \"text\" or \"json\", got {other:?}"),
+                    ))
+                }
+            },
             run_as: match (g.user.as_deref(), g.group.as_deref()) {
                 (None, None) => None,
                 (None, Some(_)) => {

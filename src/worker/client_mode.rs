@@ -55,13 +55,13 @@ pub(super) async fn run(
     let (Some(client), Some(config)) = (&svc.client, &rt.client_tls) else {
         return CloseReason::TlsError;
     };
-    let (remote, _pool_slot) = match connect_upstream(ctx, rt, 0, 0, peer).await {
+    let (remote, _pool_slot) = match connect_upstream(ctx, rt, 0, 0, peer, tally.id).await {
         Ok(connected) => connected,
         Err(reason) => return reason,
     };
     if let Some((protocol, step_timeout)) = &client.starttls {
         if let Err(why) = starttls(&remote, protocol, client, *step_timeout).await {
-            warn!(worker = ctx.id, service = %svc.name, %peer, error = %why, "STARTTLS with the server failed");
+            warn!(worker = ctx.id, conn = %tally.id, service = %svc.name, %peer, error = %why, "STARTTLS with the server failed");
             let _ = remote.shutdown(Shutdown::Both);
             return CloseReason::StarttlsFailed;
         }
@@ -69,14 +69,14 @@ pub(super) async fn run(
     let mut tls = match ClientTls::new(config.clone(), client.server_name.clone()) {
         Ok(t) => t,
         Err(e) => {
-            warn!(error = %e, "cannot create TLS session");
+            warn!(conn = %tally.id, error = %e, "cannot create TLS session");
             return CloseReason::TlsError;
         }
     };
     let began = Instant::now();
     let mut bufs = Buffers::new();
     let handshaken = tokio::select! {
-        r = tokio::time::timeout(svc.tunables.handshake_timeout, handshake(&remote, &mut tls, &mut bufs)) => r,
+        r = tokio::time::timeout(svc.tunables.handshake_timeout, handshake(&remote, &mut tls, &mut bufs, tally.id)) => r,
         _ = ctx.force_close.notified() => Ok(Err(CloseReason::DrainTimeout)),
     };
     let peer_closed = match handshaken {
@@ -85,11 +85,11 @@ pub(super) async fn run(
             obs::inc(&ctx.stats.handshake_failures);
             let reason = match tls.last_error() {
                 Some(rustls::Error::InvalidCertificate(e)) => {
-                    warn!(worker = ctx.id, service = %svc.name, server = ?client.server_name, error = ?e, "server certificate refused");
+                    warn!(worker = ctx.id, conn = %tally.id, service = %svc.name, server = ?client.server_name, error = ?e, "server certificate refused");
                     CloseReason::ServerCertInvalid
                 }
                 Some(e) => {
-                    warn!(worker = ctx.id, service = %svc.name, server = ?client.server_name, error = %e, "TLS handshake with the server failed");
+                    warn!(worker = ctx.id, conn = %tally.id, service = %svc.name, server = ?client.server_name, error = %e, "TLS handshake with the server failed");
                     CloseReason::ServerTlsError
                 }
                 None => swapped(reason),
@@ -112,7 +112,7 @@ pub(super) async fn run(
     }
     rt.stats
         .handshake_done(tls.negotiated_suite(), info.resumed, began.elapsed());
-    debug!(worker = ctx.id, service = %svc.name, %peer, version = info.version, suite = info.suite,
+    debug!(worker = ctx.id, conn = %tally.id, service = %svc.name, %peer, version = info.version, suite = info.suite,
         alpn = info.alpn.as_deref().unwrap_or("-"), resumed = info.resumed, "handshake done");
 
     let Some(suite) = tls.negotiated_suite() else {
@@ -148,11 +148,11 @@ pub(super) async fn run(
     };
     let reason = match offload {
         Offload::Kernel { .. } => {
-            info!(worker = ctx.id, service = %svc.name, %peer, offload = %"ktls", "offload");
+            info!(worker = ctx.id, conn = %tally.id, service = %svc.name, %peer, offload = %"ktls", "offload");
             ktls_relay::run(ctx, svc, &remote, local, established, tally).await
         }
         Offload::Userspace(why) => {
-            info!(worker = ctx.id, service = %svc.name, %peer, offload = %"userspace", reason = %why, "offload");
+            info!(worker = ctx.id, conn = %tally.id, service = %svc.name, %peer, offload = %"userspace", reason = %why, "offload");
             relay(ctx, rt, &remote, PlainEnd::Tcp(local), established, tally).await
         }
     };

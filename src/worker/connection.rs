@@ -102,9 +102,35 @@ impl Drop for PoolSlot<'_> {
     }
 }
 
-/// Bytes and timing of one connection, for its closing log line.
-#[derive(Default)]
+/// A connection's id in the logs: `worker-sequence`, unique in the process's life.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ConnId {
+    worker: usize,
+    seq: u64,
+}
+
+impl std::fmt::Display for ConnId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.worker, self.seq)
+    }
+}
+
+impl WorkerCtx {
+    /// The next connection's id on this worker.
+    pub(super) fn next_conn_id(&self) -> ConnId {
+        let seq = self.conns_seen.get() + 1;
+        self.conns_seen.set(seq);
+        ConnId {
+            worker: self.id,
+            seq,
+        }
+    }
+}
+
+/// Identity, bytes and route of one connection, for its log lines.
 pub(super) struct Tally {
+    /// Carried by every log line about the connection (`conn=`).
+    pub(super) id: ConnId,
     pub(super) up: Cell<u64>,
     pub(super) down: Cell<u64>,
     /// The client a PROXY header named (the TCP peer was its load balancer).
@@ -122,9 +148,16 @@ pub(super) async fn serve(
     let slot = Slot::new(&ctx, &rt);
     let svc = rt.svc();
     let started = Instant::now();
-    debug!(worker = ctx.id, service = %svc.name, %peer, "accepted");
+    let tally = Tally {
+        id: ctx.next_conn_id(),
+        up: Cell::default(),
+        down: Cell::default(),
+        client: Cell::default(),
+        route: Cell::default(),
+    };
+    let conn = tally.id;
+    debug!(worker = ctx.id, %conn, service = %svc.name, %peer, "accepted");
     // Socket options (nodelay, keepalive, buffer sizes) came with the listener's.
-    let tally = Tally::default();
     let client_mode = rt.client_tls.is_some();
     let reason = if client_mode {
         // Boxed: the task's own future stays the size of the server-mode relay.
@@ -160,9 +193,9 @@ pub(super) async fn serve(
         obs::inc(&ctx.stats.closed_with_error);
     }
     if reason.is_failure() {
-        warn!(worker = ctx.id, service = %svc.name, %route, %peer, %proxied_by, bytes_in = up, bytes_out = down, duration_ms, reason = %reason, "closed");
+        warn!(worker = ctx.id, %conn, service = %svc.name, %route, %peer, %proxied_by, bytes_in = up, bytes_out = down, duration_ms, reason = %reason, "closed");
     } else {
-        info!(worker = ctx.id, service = %svc.name, %route, %peer, %proxied_by, bytes_in = up, bytes_out = down, duration_ms, reason = %reason, "closed");
+        info!(worker = ctx.id, %conn, service = %svc.name, %route, %peer, %proxied_by, bytes_in = up, bytes_out = down, duration_ms, reason = %reason, "closed");
     }
     drop(slot);
 }
@@ -242,22 +275,22 @@ async fn open<'r, 'c>(
     let hello_and_handshake = async {
         if let Some(nets) = &svc.accept_proxy {
             if proxy_in::is_allowed_source(nets, peer.ip()) {
-                if let Some(named) = read_proxy_header(client, &mut bufs).await? {
+                if let Some(named) = read_proxy_header(client, &mut bufs, tally.id).await? {
                     peer = named;
                     tally.client.set(Some(named));
                 }
             }
         }
         if let Some(offer) = svc.starttls_offer {
-            offer_starttls(client, offer, &svc.name, &mut bufs).await?;
+            offer_starttls(client, offer, &svc.name, &mut bufs, tally.id).await?;
         }
         // The ClientHello picks the route and its config before rustls sees it.
-        let chosen = read_client_hello(client, rt, &mut bufs, &mut session).await?;
+        let chosen = read_client_hello(client, rt, &mut bufs, &mut session, tally.id).await?;
         tally.route.set(Some(chosen.route));
         let Some(tls) = session.as_mut() else {
             return Ok(Opening::Passthrough(chosen));
         };
-        handshake(client, tls, &mut bufs)
+        handshake(client, tls, &mut bufs, tally.id)
             .await
             .map(|peer_closed| Opening::Terminated(chosen, peer_closed))
     };
@@ -318,14 +351,14 @@ async fn open<'r, 'c>(
         None => None,
         Some(Ok(id)) => Some(id),
         Some(Err(e)) => {
-            warn!(worker = ctx.id, service = %svc.name, %peer, error = %e, "cannot read the client certificate's names: refused");
+            warn!(worker = ctx.id, conn = %tally.id, service = %svc.name, %peer, error = %e, "cannot read the client certificate's names: refused");
             obs::inc(&ctx.stats.client_cert_rejected);
             return CloseReason::ClientCertInvalid;
         }
     };
     let route_cfg = &svc.routes[route];
     debug!(
-        worker = ctx.id, service = %svc.name, route = %route_cfg.name, %peer, version = info.version,
+        worker = ctx.id, conn = %tally.id, service = %svc.name, route = %route_cfg.name, %peer, version = info.version,
         suite = info.suite, sni = sni.as_deref().unwrap_or("-"),
         alpn = info.alpn.as_deref().unwrap_or("-"), resumed = info.resumed,
         client_cn = identity.as_ref().and_then(|i| i.cn.as_deref()).unwrap_or("-"),
@@ -360,7 +393,7 @@ async fn open<'r, 'c>(
     }
 
     let upstream = route_cfg.upstream_for(identity.as_ref());
-    let (backend, _slot) = match connect_upstream(ctx, rt, route, upstream, peer).await {
+    let (backend, _slot) = match connect_upstream(ctx, rt, route, upstream, peer, tally.id).await {
         Ok(connected) => connected,
         Err(reason) => {
             // Tell the client cleanly: close_notify, then FIN.
@@ -385,7 +418,7 @@ async fn open<'r, 'c>(
         tls: Some(summary),
     };
     let _registered = register_identity(ctx, rt, route, &backend, &conn);
-    if let Err(reason) = send_proxy_header(ctx, svc, route_cfg, &backend, &conn).await {
+    if let Err(reason) = send_proxy_header(ctx, svc, route_cfg, &backend, &conn, tally.id).await {
         if tls.close_notify(&mut bufs.incoming, &mut bufs.out).is_ok() {
             let _ = flush(client, &mut bufs.out, &mut bufs.out_spare).await;
         }
@@ -398,7 +431,7 @@ async fn open<'r, 'c>(
         if let Err(why) =
             take_backend_greeting(&backend, offer, svc.tunables.handshake_timeout).await
         {
-            warn!(worker = ctx.id, service = %svc.name, %peer, error = %why, "backend greeting");
+            warn!(worker = ctx.id, conn = %tally.id, service = %svc.name, %peer, error = %why, "backend greeting");
             if tls.close_notify(&mut bufs.incoming, &mut bufs.out).is_ok() {
                 let _ = flush(client, &mut bufs.out, &mut bufs.out_spare).await;
             }
@@ -408,7 +441,7 @@ async fn open<'r, 'c>(
     }
 
     // Re-encryption: the backend's own TLS handshake, verified as configured.
-    let backend_tls = match backend_handshake(ctx, rt, route, &backend).await {
+    let backend_tls = match backend_handshake(ctx, rt, route, &backend, tally.id).await {
         Ok(b) => b,
         Err(reason) => {
             if tls.close_notify(&mut bufs.incoming, &mut bufs.out).is_ok() {
@@ -429,10 +462,10 @@ async fn open<'r, 'c>(
     count_offload(ctx, rt, offload);
     match offload {
         Offload::Kernel { .. } => {
-            info!(worker = ctx.id, service = %svc.name, %peer, offload = %"ktls", "offload")
+            info!(worker = ctx.id, conn = %tally.id, service = %svc.name, %peer, offload = %"ktls", "offload")
         }
         Offload::Userspace(why) => {
-            info!(worker = ctx.id, service = %svc.name, %peer, offload = %"userspace", reason = %why, "offload")
+            info!(worker = ctx.id, conn = %tally.id, service = %svc.name, %peer, offload = %"userspace", reason = %why, "offload")
         }
     }
 
@@ -463,6 +496,7 @@ async fn backend_handshake<'b>(
     rt: &ServiceRt,
     route: usize,
     backend: &'b TcpStream,
+    conn: ConnId,
 ) -> Result<Option<TlsEnd<'b>>, CloseReason> {
     let svc = rt.svc();
     let (Some(side), Some(config)) = (
@@ -476,22 +510,22 @@ async fn backend_handshake<'b>(
     let mut bufs = Buffers::new();
     let done = tokio::time::timeout(
         svc.tunables.handshake_timeout,
-        handshake(backend, &mut tls, &mut bufs),
+        handshake(backend, &mut tls, &mut bufs, conn),
     )
     .await;
     match done {
         Ok(Ok(_)) => {
-            debug!(worker = ctx.id, service = %svc.name, version = tls.info().version, "backend TLS handshake done");
+            debug!(worker = ctx.id, %conn, service = %svc.name, version = tls.info().version, "backend TLS handshake done");
             Ok(Some(TlsEnd::new(backend, tls, bufs.incoming, bufs.out)))
         }
         Ok(Err(reason)) => {
             let reason = match tls.last_error() {
                 Some(rustls::Error::InvalidCertificate(e)) => {
-                    warn!(worker = ctx.id, service = %svc.name, server = ?side.server_name, error = ?e, "backend certificate refused");
+                    warn!(worker = ctx.id, %conn, service = %svc.name, server = ?side.server_name, error = ?e, "backend certificate refused");
                     CloseReason::BackendCertInvalid
                 }
                 Some(e) => {
-                    warn!(worker = ctx.id, service = %svc.name, error = %e, "backend TLS handshake failed");
+                    warn!(worker = ctx.id, %conn, service = %svc.name, error = %e, "backend TLS handshake failed");
                     CloseReason::BackendTlsError
                 }
                 None if reason == CloseReason::HandshakeEof => CloseReason::BackendTlsError,
@@ -516,7 +550,7 @@ async fn passthrough(
 ) -> CloseReason {
     let svc = rt.svc();
     let route_cfg = &svc.routes[chosen.route];
-    let (backend, _slot) = match connect_upstream(ctx, rt, chosen.route, 0, peer).await {
+    let (backend, _slot) = match connect_upstream(ctx, rt, chosen.route, 0, peer, tally.id).await {
         Ok(connected) => connected,
         Err(reason) => return reason,
     };
@@ -528,10 +562,10 @@ async fn passthrough(
         tls: None,
     };
     let _registered = register_identity(ctx, rt, chosen.route, &backend, &conn);
-    if let Err(reason) = send_proxy_header(ctx, svc, route_cfg, &backend, &conn).await {
+    if let Err(reason) = send_proxy_header(ctx, svc, route_cfg, &backend, &conn, tally.id).await {
         return reason;
     }
-    info!(worker = ctx.id, service = %svc.name, route = %route_cfg.name, %peer, "pass-through");
+    info!(worker = ctx.id, conn = %tally.id, service = %svc.name, route = %route_cfg.name, %peer, "pass-through");
     let hello = bufs.incoming;
     let n = hello.len() as u64;
     let (res, _) = backend.write_all(hello).await;
@@ -560,6 +594,7 @@ pub(super) async fn connect_upstream<'r>(
     route: usize,
     upstream: usize,
     peer: SocketAddr,
+    conn: ConnId,
 ) -> Result<(TcpStream, PoolSlot<'r>), CloseReason> {
     let svc = rt.svc();
     let pool = &rt.routes[route].pools[upstream];
@@ -586,7 +621,7 @@ pub(super) async fn connect_upstream<'r>(
         match attempt {
             Ok(stream) => {
                 if pool.connected(i) == HealthChange::Up {
-                    info!(worker = ctx.id, service = %svc.name, backend = %backend_addr, "backend up");
+                    info!(worker = ctx.id, %conn, service = %svc.name, backend = %backend_addr, "backend up");
                 }
                 return Ok((stream, PoolSlot { pool, index: i }));
             }
@@ -598,9 +633,9 @@ pub(super) async fn connect_upstream<'r>(
                     ConnectError::Other(_) => ConnectFailure::Error,
                 });
                 if pool.failed(i, Instant::now()) == HealthChange::Down {
-                    warn!(worker = ctx.id, service = %svc.name, backend = %backend_addr, retry_after = ?policy.pool.retry, "backend down");
+                    warn!(worker = ctx.id, %conn, service = %svc.name, backend = %backend_addr, retry_after = ?policy.pool.retry, "backend down");
                 } else if addrs.len() > 1 {
-                    debug!(worker = ctx.id, service = %svc.name, backend = %backend_addr, error = %e, "backend connect failed, trying the next");
+                    debug!(worker = ctx.id, %conn, service = %svc.name, backend = %backend_addr, error = %e, "backend connect failed, trying the next");
                 }
                 last_error = e;
                 if forced {
@@ -614,7 +649,7 @@ pub(super) async fn connect_upstream<'r>(
         ConnectError::TimedOut => CloseReason::BackendConnectTimeout,
         ConnectError::Other(_) => CloseReason::BackendConnectError,
     };
-    warn!(worker = ctx.id, service = %svc.name, %peer, backend = %backend_addr, error = %last_error, reason = %reason, "backend connect failed");
+    warn!(worker = ctx.id, %conn, service = %svc.name, %peer, backend = %backend_addr, error = %last_error, reason = %reason, "backend connect failed");
     Err(reason)
 }
 
@@ -626,17 +661,18 @@ async fn send_proxy_header(
     route: &Route,
     backend: &TcpStream,
     conn: &ConnInfo<'_>,
+    id: ConnId,
 ) -> Result<(), CloseReason> {
     let Some(version) = route.proxy_protocol else {
         return Ok(());
     };
     let Some(header) = proxy_header::encode(version, conn) else {
-        warn!(worker = ctx.id, service = %svc.name, peer = %conn.client, "the PROXY header cannot carry this client's values (over 64 KiB): connection refused");
+        warn!(worker = ctx.id, conn = %id, service = %svc.name, peer = %conn.client, "the PROXY header cannot carry this client's values (over 64 KiB): connection refused");
         return Err(CloseReason::BackendIoError);
     };
     let (res, _) = backend.write_all(header).await;
     res.map_err(|e| {
-        warn!(worker = ctx.id, service = %svc.name, peer = %conn.client, error = %e, "writing the PROXY header to the backend failed");
+        warn!(worker = ctx.id, conn = %id, service = %svc.name, peer = %conn.client, error = %e, "writing the PROXY header to the backend failed");
         CloseReason::BackendIoError
     })
 }
@@ -724,6 +760,7 @@ async fn offer_starttls(
     offer: Offer,
     name: &str,
     bufs: &mut Buffers,
+    conn: ConnId,
 ) -> Result<(), CloseReason> {
     let mut dialogue = OfferDialogue::new(offer, name);
     let mut input = std::mem::take(&mut bufs.incoming);
@@ -754,7 +791,7 @@ async fn offer_starttls(
                     let _ = client.write_all(bytes).await;
                 }
                 let _ = client.shutdown(Shutdown::Write);
-                debug!(reason = why, "closed before STARTTLS");
+                debug!(%conn, reason = why, "closed before STARTTLS");
                 return Err(if why == "client quit" {
                     CloseReason::HandshakeEof
                 } else {
@@ -805,6 +842,7 @@ async fn take_backend_greeting(
 async fn read_proxy_header(
     client: &TcpStream,
     bufs: &mut Buffers,
+    conn: ConnId,
 ) -> Result<Option<SocketAddr>, CloseReason> {
     loop {
         if bufs.incoming.len() == bufs.incoming.capacity() {
@@ -820,7 +858,7 @@ async fn read_proxy_header(
             Inbound::NeedMore => continue,
             Inbound::NotProxy => return Err(CloseReason::ProxyHeaderMissing),
             Inbound::Invalid(why) => {
-                debug!(reason = why, "bad PROXY header");
+                debug!(%conn, reason = why, "bad PROXY header");
                 return Err(CloseReason::ProxyHeaderInvalid);
             }
             Inbound::Header { len, client } => {
@@ -840,6 +878,7 @@ async fn read_client_hello(
     rt: &ServiceRt,
     bufs: &mut Buffers,
     session: &mut Option<ServerTls>,
+    conn: ConnId,
 ) -> Result<Chosen, CloseReason> {
     let svc = rt.svc();
     let mut must_read = bufs.incoming.is_empty();
@@ -874,6 +913,7 @@ async fn read_client_hello(
         };
         let Some(route) = route else {
             debug!(
+                %conn,
                 sni = sni.as_deref().unwrap_or("-"),
                 "no route for this SNI: rejected"
             );
@@ -888,7 +928,7 @@ async fn read_client_hello(
             match ServerTls::new(config.clone()) {
                 Ok(t) => *session = Some(t),
                 Err(e) => {
-                    warn!(error = %e, "cannot create TLS session");
+                    warn!(%conn, error = %e, "cannot create TLS session");
                     return Err(CloseReason::TlsError);
                 }
             }
@@ -912,6 +952,7 @@ pub(super) async fn handshake<S: Side>(
     client: &TcpStream,
     tls: &mut Tls<S>,
     bufs: &mut Buffers,
+    conn: ConnId,
 ) -> Result<bool, CloseReason> {
     let mut peer_closed = false;
     let mut have_input = true;
@@ -938,7 +979,7 @@ pub(super) async fn handshake<S: Side>(
         match tls.read(&mut bufs.incoming, &mut bufs.upstream, &mut bufs.out) {
             Ok(progress) => peer_closed |= progress.peer_closed,
             Err(e) => {
-                debug!(error = %e, "handshake failed");
+                debug!(%conn, error = %e, "handshake failed");
                 // Best effort: the alert rustls queued.
                 let _ = flush(client, &mut bufs.out, &mut bufs.out_spare).await;
                 let refusal = match &e {

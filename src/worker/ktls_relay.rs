@@ -117,7 +117,7 @@ where
     match installed {
         Ok(kernel) => splice_relay(ctx, svc, client, backend, kernel, peer_closed, tally).await,
         Err(e) => {
-            debug!(error = %e, "kTLS key install failed");
+            debug!(conn = %tally.id, error = %e, "kTLS key install failed");
             CloseReason::KtlsInstallFailed
         }
     }
@@ -162,7 +162,7 @@ pub(super) async fn splice_relay<Data: AfterHandoff>(
     let (client_fd, backend_fd) = match splice_fds(tls_sock, plain_sock) {
         Ok(f) => f,
         Err(e) => {
-            debug!(error = %e, "cannot prepare sockets for splicing");
+            debug!(conn = %tally.id, error = %e, "cannot prepare sockets for splicing");
             return CloseReason::KtlsInstallFailed;
         }
     };
@@ -366,7 +366,7 @@ impl<Data: AfterHandoff> KtlsRelay<'_, Data> {
             ktls::RECORD_ALERT => match payload {
                 [_, 0] => Ok(Control::PeerClosed), // close_notify
                 _ => {
-                    debug!(alert = ?payload, "client sent a TLS alert");
+                    debug!(conn = %self.tally.id, alert = ?payload, "client sent a TLS alert");
                     Err(CloseReason::TlsAlert)
                 }
             },
@@ -397,12 +397,12 @@ impl<Data: AfterHandoff> KtlsRelay<'_, Data> {
                 (HANDSHAKE_NEW_SESSION_TICKET, _) => {
                     let mut kernel = self.kernel.borrow_mut();
                     if let Err(e) = Data::new_session_ticket(&mut kernel, body) {
-                        debug!(error = %e, "unusable post-handshake ticket");
+                        debug!(conn = %self.tally.id, error = %e, "unusable post-handshake ticket");
                         return Err(CloseReason::TlsError);
                     }
                 }
                 _ => {
-                    debug!(kind, len, "unexpected post-handshake message on kTLS");
+                    debug!(conn = %self.tally.id, kind, len, "unexpected post-handshake message on kTLS");
                     return Err(CloseReason::TlsError);
                 }
             }
@@ -455,7 +455,7 @@ impl<Data: AfterHandoff> KtlsRelay<'_, Data> {
             Ok(_) => Ok(()),
             Err(e) => {
                 // Without the sequence number the limit cannot be kept: do not go on blind.
-                debug!(error = %e, "cannot read the kTLS record sequence number");
+                debug!(conn = %self.tally.id, error = %e, "cannot read the kTLS record sequence number");
                 Err(CloseReason::RecordLimit)
             }
         }

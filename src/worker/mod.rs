@@ -262,6 +262,8 @@ pub(crate) struct WorkerCtx {
     /// Signalled when drain time is up: open connections close at once.
     pub force_close: Notify,
     pub draining: Cell<bool>,
+    /// Connections accepted so far (the last connection id's sequence number).
+    pub conns_seen: Cell<u64>,
     /// This worker's backend connections for the identity lookup (when configured).
     pub identities: crate::route::identity::Registry,
 }
@@ -331,6 +333,7 @@ async fn worker_main(
         conn_closed: Notify::new(),
         force_close: Notify::new(),
         draining: Cell::new(false),
+        conns_seen: Cell::new(0),
         identities: Default::default(),
     });
     let mut listeners: Vec<ListenerRt> = spec

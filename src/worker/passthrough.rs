@@ -30,7 +30,7 @@ pub(super) async fn relay(
     let (client_fd, backend_fd) = match splice_fds(client, backend) {
         Ok(f) => f,
         Err(e) => {
-            debug!(error = %e, "cannot prepare sockets for splicing");
+            debug!(conn = %tally.id, error = %e, "cannot prepare sockets for splicing");
             return CloseReason::ClientIoError;
         }
     };

@@ -192,13 +192,13 @@ impl<S: Side> Relay<'_, S> {
             }
             match progress {
                 Err(TlsError::Protocol(e)) => {
-                    debug!(error = %e, "TLS error from peer");
+                    debug!(conn = %self.tally.id, error = %e, "TLS error from peer");
                     // Best effort: the alert rustls queued, then the connection ends.
                     let _ = self.flush_peer().await;
                     return Err(CloseReason::TlsError);
                 }
                 Err(e @ TlsError::NotWritable(_)) => {
-                    debug!(error = %e, "TLS read failed");
+                    debug!(conn = %self.tally.id, error = %e, "TLS read failed");
                     return Err(CloseReason::TlsError);
                 }
                 Ok(p) => peer_closed = p.peer_closed,
@@ -235,6 +235,7 @@ impl<S: Side> Relay<'_, S> {
             }
             if incoming.len() == incoming.capacity() {
                 debug!(
+                    conn = %self.tally.id,
                     buffered = incoming.len(),
                     "peer record does not fit the buffer"
                 );
@@ -269,7 +270,7 @@ impl<S: Side> Relay<'_, S> {
             };
             self.pool.give(plain);
             encrypted.map_err(|e| {
-                debug!(error = %e, "cannot encrypt for the peer");
+                debug!(conn = %self.tally.id, error = %e, "cannot encrypt for the peer");
                 CloseReason::TlsError
             })?;
             if n == 0 {
