@@ -267,6 +267,7 @@ fn main() -> ExitCode {
                 key,
                 workers,
                 allow_root,
+                log_format,
             };
             let cfg = match config::load(path.as_deref(), &overrides) {
                 Ok(cfg) => cfg,
@@ -277,7 +278,7 @@ fn main() -> ExitCode {
             };
             tlsfront::obs::init_logging(
                 log_level.as_deref().or(cfg.global.log_level.as_deref()),
-                log_format.unwrap_or(cfg.global.log_format),
+                cfg.global.log_format,
             );
             let source = tlsfront::server::ReloadSource { path, overrides };
             match tlsfront::server::run(cfg, source) {

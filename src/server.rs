@@ -499,12 +499,15 @@ pub fn run(mut config: Config, source: ReloadSource) -> Result<(), ServerError> 
                 _ => None,
             },
         ];
-        let dropped = sockets
-            .iter()
-            .flatten()
-            .try_for_each(|p| crate::io::privilege::chown(p, to))
-            .and_then(|()| crate::io::privilege::drop_to(to));
-        if let Err(source) = dropped {
+        for path in sockets.iter().flatten() {
+            // Best effort: without CAP_CHOWN (a hardened unit) the file stays root's, and
+            // removing it at exit relies on the directory being writable by the user
+            // (systemd's RuntimeDirectory with Group=).
+            if let Err(e) = crate::io::privilege::chown(path, to) {
+                warn!(path = %path.display(), error = %e, "cannot hand the socket file to {}", to.user);
+            }
+        }
+        if let Err(source) = crate::io::privilege::drop_to(to) {
             return Err(ServerError::Privilege {
                 user: to.user.clone(),
                 uid: to.uid,

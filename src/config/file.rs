@@ -46,6 +46,7 @@ pub enum Workers {
 #[serde(deny_unknown_fields)]
 pub struct ServiceSection {
     pub name: Option<String>,
+    pub access_log: Option<String>,
     pub mode: Option<String>,
     pub server_name: Option<String>,
     pub ca: Option<String>,

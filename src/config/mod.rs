@@ -73,6 +73,8 @@ pub struct Overrides {
     pub workers: Option<usize>,
     /// `--allow-root` (as `[global] allow_root = true`).
     pub allow_root: bool,
+    /// `--log-format` (as `[global] log_format`).
+    pub log_format: Option<crate::obs::LogFormat>,
 }
 
 /// The validated runtime configuration.
@@ -157,6 +159,8 @@ pub struct Service {
     pub client: Option<ClientSide>,
     /// Server mode `starttls`: the plaintext part tlsfront speaks with clients before TLS.
     pub starttls_offer: Option<Offer>,
+    /// `access_log`: a file that gets one line per closed connection.
+    pub access_log: Option<PathBuf>,
 }
 
 /// A client-mode service's TLS toward its remote server.
@@ -637,6 +641,9 @@ impl Builder<'_> {
             shutdown_delay: g.shutdown_delay.map_or(Duration::ZERO, |d| d.0),
             allow_root: g.allow_root.unwrap_or(false) || self.overrides.allow_root,
             log_format: match g.log_format.as_deref() {
+                _ if self.overrides.log_format.is_some() => {
+                    self.overrides.log_format.unwrap_or_default()
+                }
                 None | Some("text") => crate::obs::LogFormat::Text,
                 Some("json") => crate::obs::LogFormat::Json,
                 Some(other) => {
@@ -802,7 +809,28 @@ impl Builder<'_> {
             ticketer,
             client: None,
             starttls_offer,
+            access_log: self.access_log(sec, raw)?,
         })
+    }
+
+    /// `access_log = PATH`: checked by opening it for appending (created if missing).
+    fn access_log(
+        &self,
+        sec: Section,
+        raw: &ServiceSection,
+    ) -> Result<Option<PathBuf>, ConfigError> {
+        let Some(text) = raw.access_log.as_deref() else {
+            return Ok(None);
+        };
+        let path = self.relative(text);
+        crate::obs::access::open(&path).map_err(|e| {
+            self.err(
+                sec,
+                "access_log",
+                format!("cannot open {} for appending: {e}", path.display()),
+            )
+        })?;
+        Ok(Some(path))
     }
 
     /// `mode = "client"`: a plaintext listener whose connections go out as TLS to `backend`.
@@ -936,6 +964,7 @@ impl Builder<'_> {
                 starttls,
             }),
             starttls_offer: None,
+            access_log: self.access_log(sec, raw)?,
         })
     }
 

@@ -5,6 +5,7 @@
 //! logged on request (SIGUSR1) and at exit as one line per worker, and scraped by the admin
 //! endpoint ([`admin`]), which merges every worker's into Prometheus text.
 
+pub mod access;
 pub mod admin;
 pub mod metrics;
 

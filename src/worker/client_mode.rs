@@ -112,6 +112,9 @@ pub(super) async fn run(
     }
     rt.stats
         .handshake_done(tls.negotiated_suite(), info.resumed, began.elapsed());
+    tally
+        .tls
+        .set(Some((info.version, info.suite, info.resumed)));
     debug!(worker = ctx.id, conn = %tally.id, service = %svc.name, %peer, version = info.version, suite = info.suite,
         alpn = info.alpn.as_deref().unwrap_or("-"), resumed = info.resumed, "handshake done");
 

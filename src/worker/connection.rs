@@ -137,6 +137,8 @@ pub(super) struct Tally {
     pub(super) client: Cell<Option<SocketAddr>>,
     /// The route the ClientHello chose (index into the service's routes).
     pub(super) route: Cell<Option<usize>>,
+    /// Version, suite and resumption of a completed handshake (for the access log).
+    pub(super) tls: Cell<Option<(&'static str, &'static str, bool)>>,
 }
 
 pub(super) async fn serve(
@@ -154,6 +156,7 @@ pub(super) async fn serve(
         down: Cell::default(),
         client: Cell::default(),
         route: Cell::default(),
+        tls: Cell::default(),
     };
     let conn = tally.id;
     debug!(worker = ctx.id, %conn, service = %svc.name, %peer, "accepted");
@@ -189,6 +192,26 @@ pub(super) async fn serve(
     obs::add(&ctx.stats.bytes_backend_to_client, down);
     rt.stats.closed(reason, up, down);
     let duration_ms = started.elapsed().as_millis() as u64;
+    if let Some(log) = &rt.access_log {
+        let (version, suite, resumed) = match tally.tls.get() {
+            Some((v, s, r)) => (v, s, Some(r)),
+            None => ("-", "-", None),
+        };
+        log.record(&crate::obs::access::Entry {
+            conn: &conn,
+            service: &svc.name,
+            route,
+            peer: &peer.to_string(),
+            proxied_by: &proxied_by,
+            version,
+            suite,
+            resumed,
+            bytes_in: up,
+            bytes_out: down,
+            duration_ms,
+            reason: reason.as_str(),
+        });
+    }
     if !reason.is_clean() {
         obs::inc(&ctx.stats.closed_with_error);
     }
@@ -345,6 +368,9 @@ async fn open<'r, 'c>(
     }
     rt.stats
         .handshake_done(tls.negotiated_suite(), info.resumed, began.elapsed());
+    tally
+        .tls
+        .set(Some((info.version, info.suite, info.resumed)));
     // A verified certificate whose names cannot be read is refused rather than treated as
     // none: its holder would otherwise reach backends as an anonymous client.
     let identity = match tls.client_certificate().map(Identity::from_der) {

@@ -94,6 +94,8 @@ pub(crate) struct ServiceRt {
     pub retired: Cell<bool>,
     /// This worker's idle I/O buffers for the service (relay and handshake).
     buffers: bufpool::BufPool,
+    /// This worker's writer of the service's `access_log`.
+    pub access_log: Option<crate::obs::access::AccessLog>,
 }
 
 /// One route as a worker runs it.
@@ -168,7 +170,22 @@ impl ServiceRt {
             stats,
             retired: Cell::new(false),
             buffers: bufpool::BufPool::new(svc.tunables.buffer_size),
+            access_log: svc.access_log.as_ref().and_then(|path| {
+                match crate::obs::access::open(path) {
+                    Ok(file) => Some(crate::obs::access::AccessLog::new(
+                        file,
+                        config.global.log_format,
+                    )),
+                    Err(e) => {
+                        warn!(service = %svc.name, path = %path.display(), error = %e, "cannot open the access log: not writing it");
+                        None
+                    }
+                }
+            }),
         });
+        if rt.access_log.is_some() {
+            tokio_uring::spawn(flush_access_log(Rc::downgrade(&rt)));
+        }
         let checks = svc.routes.iter().enumerate().flat_map(|(r, route)| {
             route
                 .upstreams
@@ -235,6 +252,22 @@ async fn health_checks(
                     }
                 }
             }
+        }
+    }
+}
+
+/// Writes a service's buffered access-log lines every second, for as long as the worker
+/// runs this configuration of it (the rest goes out when it is dropped).
+async fn flush_access_log(rt: std::rc::Weak<ServiceRt>) {
+    loop {
+        tokio::time::sleep(crate::obs::access::FLUSH_EVERY).await;
+        match rt.upgrade() {
+            Some(rt) => {
+                if let Some(log) = &rt.access_log {
+                    log.flush();
+                }
+            }
+            None => return,
         }
     }
 }
