@@ -17,16 +17,20 @@ const UNIT_NAME: &str = "tlsfront.service";
 
 /// Highest accepted `systemd-analyze security` exposure (0.0 best, 10.0 worst).
 ///
-/// Measured: 2.2 on systemd 252 (Debian bookworm). What is left is inherent to a network
-/// proxy that starts as root and drops privileges itself: it runs as root (0.4), has the
-/// host network and Internet/Unix sockets (0.5 + 0.3 + 0.1), keeps CAP_SETUID/CAP_SETGID
-/// (0.3) and CAP_NET_BIND_SERVICE (0.1), its allow list includes parts of @privileged and
-/// @resources (setuid, setrlimit, sched_setaffinity: 0.2 + 0.2), no PrivateUsers (0.2),
-/// no IP allow list (0.2), the host root directory (0.1) and ProtectClock's rtc read
-/// access (0.1). 2.5 leaves room for scoring differences between systemd versions, but
-/// dropping any of the heavier protections (PrivateTmp, ProtectSystem, ProtectHome,
-/// NoNewPrivileges, the capability bounding set, the system call filter, ...) goes above it.
-const MAX_EXPOSURE: f64 = 2.5;
+/// Measured: 2.2 on systemd 252 (Debian bookworm, what CI runs). What is left is inherent to
+/// a network proxy that starts as root and drops privileges itself: it runs as root (0.4),
+/// has the host network and Internet/Unix sockets (0.5 + 0.3 + 0.1), keeps CAP_SETUID/
+/// CAP_SETGID (0.3) and CAP_NET_BIND_SERVICE (0.1), its allow list includes parts of
+/// @privileged and @resources (setuid, setrlimit, sched_setaffinity: 0.2 + 0.2), no
+/// PrivateUsers (0.2), no IP allow list (0.2), the host root directory (0.1).
+///
+/// The threshold is one rounding step above that, because single removals are small: on 252
+/// dropping any one of PrivateTmp, NoNewPrivileges, ProtectHome, ProtectSystem or
+/// ProtectKernelTunables gives 2.4, PrivateDevices 2.5, RestrictNamespaces 2.9,
+/// SystemCallFilter 3.5, CapabilityBoundingSet 3.6 (MemoryDenyWriteExecute alone does not
+/// move the rounded score; `unit_has_the_required_directives` checks it). Another systemd
+/// version may weigh differently: re-measure there before raising this.
+const MAX_EXPOSURE: f64 = 2.3;
 
 fn unit_path() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/systemd/tlsfront.service")
