@@ -11,6 +11,7 @@
 //! - [`worker`]: thread-per-core workers: pinned threads, SO_REUSEPORT listeners, the relays
 //!   (userspace, kTLS splice, pass-through, client mode, re-encryption), drain.
 //! - [`obs`]: per-worker counters and logging set-up.
+//! - [`doctor`]: `tlsfront doctor`, host checks (kTLS, io_uring, limits, sysctls, CPUs).
 //! - [`demo`]: `tlsfront demo`, the whole loop on loopback with tlsfront-load.
 //! - [`route`]: where a connection goes (SNI routes, backend pools and health) and what the
 //!   backend is told about it (PROXY header, the identity lookup socket).
@@ -21,6 +22,7 @@
 pub mod config;
 pub mod conn;
 pub mod demo;
+pub mod doctor;
 pub mod io;
 pub mod obs;
 pub mod route;

@@ -75,6 +75,18 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Check this host for running tlsfront: kernel TLS, io_uring, fd limits, sysctls, CPUs.
+    ///
+    /// One line per check (OK, WARN or FAIL, what was found, the fix). Exit code 0 when no
+    /// check FAILs, 1 when one does, 2 when the config cannot be loaded.
+    Doctor {
+        /// Check against this configuration (default: the built-in defaults).
+        #[arg(long, short = 'c')]
+        config: Option<PathBuf>,
+        /// Print one JSON document: {"checks": [...], "summary": {...}}.
+        #[arg(long)]
+        json: bool,
+    },
     /// Session ticket key files for `ticket_keys_file`.
     TicketKeys {
         #[command(subcommand)]
@@ -212,6 +224,40 @@ fn ciphers(time: std::time::Duration, json: bool) -> Result<(), String> {
     Ok(())
 }
 
+/// `tlsfront doctor`: inspect the host, judge it against the config, print, pick the exit code.
+fn doctor(path: Option<PathBuf>, json: bool) -> ExitCode {
+    use tlsfront::doctor::{self, Host, Needs};
+    let (needs, probed) = match &path {
+        Some(path) => match config::load(Some(path), &Overrides::default()) {
+            Ok(cfg) => (Needs::from_config(&cfg, path), cfg.kernel_tls.clone()),
+            Err(e) => {
+                eprintln!("config error: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => (
+            Needs::defaults(std::thread::available_parallelism().ok().map(|n| n.get())),
+            None,
+        ),
+    };
+    let host = Host::inspect(probed);
+    let checks = doctor::evaluate(&host, &needs);
+    let summary = doctor::summarize(&checks, &needs);
+    if json {
+        println!("{:#}", doctor::to_json(&checks, &summary));
+    } else {
+        println!("{}", needs.describe());
+        for check in &checks {
+            println!("{check}");
+        }
+        println!(
+            "{} OK, {} WARN, {} FAIL",
+            summary.ok, summary.warn, summary.fail
+        );
+    }
+    ExitCode::from(summary.exit_code)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -227,6 +273,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Doctor { config, json } => doctor(config, json),
         Command::TicketKeys {
             command: TicketKeysCommand::Generate { out, count },
         } => match generate_ticket_keys(&out, count) {
