@@ -722,7 +722,7 @@ fn check_port_range(range: &Result<(u16, u16), String>, needs: &Needs) -> Check 
                  (EADDRNOTAVAIL)"
             ),
             format!(
-                "sysctl -w net.ipv4.ip_local_port_range=\"1024 65535\" (persist: \
+                "sysctl -w net.ipv4.ip_local_port_range=\"10240 65535\" (persist: \
                  {SYSCTL_PROFILE}); or spread load over several backend addresses"
             ),
         )
