@@ -387,23 +387,16 @@ fn warn_readable_keys(config: &Config) {
     }
 }
 
-/// Most descriptors one connection holds: the kTLS relay's two sockets and the duplicates
-/// its splice ops keep (the userspace relay holds two).
-const FDS_PER_CONNECTION: u64 = 4;
-/// Listeners, rings, pooled pipes, log and admin sockets.
-const FDS_SPARE: u64 = 1024;
-
-/// Raises RLIMIT_NOFILE to what every service's `max_connections` may need, while the
-/// process may still raise its hard limit (before dropping privileges); says so when it
-/// cannot.
+/// Raises RLIMIT_NOFILE to what every service's `max_connections` may need (the same
+/// count `tlsfront doctor` checks: two descriptors per connection, four where it may splice),
+/// while the process may still raise its hard limit (before dropping privileges); says so
+/// when it cannot.
 fn ensure_nofile(config: &Config) {
     use crate::io::privilege::{raise_nofile, NofileOutcome};
-    let connections: u64 = config
-        .services
-        .iter()
-        .map(|s| u64::from(s.tunables.max_connections))
-        .sum();
-    let need = connections * FDS_PER_CONNECTION + FDS_SPARE;
+    let needs = crate::doctor::Needs::from_config(config, std::path::Path::new("-"));
+    let connections = needs.total_connections();
+    let ktls = config.kernel_tls.as_ref().is_some_and(|k| k.available());
+    let need = crate::doctor::descriptors_needed(&needs, ktls);
     match raise_nofile(need) {
         NofileOutcome::Enough { soft } => {
             info!("open files limit {soft} covers max_connections ({connections} in all)")
@@ -412,8 +405,7 @@ fn ensure_nofile(config: &Config) {
             info!("open files limit raised from {from} to {to} for max_connections ({connections} in all)")
         }
         NofileOutcome::Short { soft, hard } => warn!(
-            "open files limit is {soft} (hard limit {hard}) but max_connections ({connections} in all) may need {need}: connections past ~{} will fail to be accepted; raise the hard limit (systemd LimitNOFILE=, ulimit -Hn, /etc/security/limits.conf) or lower max_connections",
-            soft.saturating_sub(FDS_SPARE) / FDS_PER_CONNECTION
+            "open files limit is {soft} (hard limit {hard}) but max_connections ({connections} in all) may need {need}: accepts will fail with EMFILE before max_connections is reached; raise the hard limit (systemd LimitNOFILE=, ulimit -Hn, /etc/security/limits.conf) or lower max_connections"
         ),
     }
 }

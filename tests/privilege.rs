@@ -136,8 +136,9 @@ fn a_private_key_everyone_can_read_gets_a_warning() {
     assert!(!warned(&proxy), "{}", proxy.log());
 }
 
-/// The soft limit goes up to what `max_connections` needs (4 descriptors per connection plus
-/// 1024), or as far as the hard limit allows, with a warning that says what is short.
+/// The soft limit goes up to what `max_connections` needs (the count `tlsfront doctor`
+/// uses: two descriptors per connection, four where it may splice, plus slack), or as far
+/// as the hard limit allows, with a warning that says what is short.
 #[test]
 fn the_open_files_limit_follows_max_connections() {
     use rustix::process::{getrlimit, Resource};
@@ -154,19 +155,31 @@ fn the_open_files_limit_follows_max_connections() {
             .unwrap();
         line.split_whitespace().nth(3).unwrap().parse().unwrap()
     };
-    if hard >= soft + 8 && hard != u64::MAX {
-        // Room between soft and hard: asking for a bit more than soft raises it exactly.
-        let connections = (soft.saturating_sub(1024) / 4 + 1).max(1);
-        let need = connections * 4 + 1024;
-        assert!(need > soft && need <= hard + 4, "{soft} {hard} {need}");
+    let number_after = |line: &str, word: &str| -> u64 {
+        let rest = &line[line
+            .find(word)
+            .unwrap_or_else(|| panic!("no {word:?} in {line}"))
+            + word.len()..];
+        rest.split(|c: char| !c.is_ascii_digit())
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    if hard != u64::MAX && hard > soft + 4096 {
+        // Room between soft and hard: a bit more than soft is raised to, exactly.
         let proxy = env
             .config(echo.addr)
-            .service(&format!("max_connections = {connections}"))
+            .service(&format!("max_connections = {}", soft / 2 + 100))
             .start();
-        if need <= hard {
-            assert_eq!(soft_of(&proxy), need, "{}", proxy.log());
-            assert!(proxy.wait_for_log("open files limit raised", Duration::from_secs(5)));
-        }
+        let line = proxy
+            .log_lines("open files limit raised")
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| panic!("not raised:\n{}", proxy.log()));
+        let to = number_after(&line, " to ");
+        assert!(to > soft && to <= hard, "{line}");
+        assert_eq!(soft_of(&proxy), to, "{line}");
     }
     // Far more than any hard limit here: raised to the hard limit, and a warning says so.
     let proxy = env
@@ -178,7 +191,7 @@ fn the_open_files_limit_follows_max_connections() {
         .into_iter()
         .next()
         .unwrap_or_else(|| panic!("no warning:\n{}", proxy.log()));
-    assert!(line.contains("may need 400001024"), "{line}");
+    assert!(number_after(&line, "may need ") >= 200_000_000, "{line}");
     if hard != u64::MAX {
         // (fs.nr_open, 1048576 by default, keeps even root from raising it that far.)
         assert_eq!(soft_of(&proxy), hard, "{line}");
