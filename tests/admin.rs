@@ -17,29 +17,11 @@ use common::*;
 /// True when the Python Prometheus client (its text parser) is installed; panics when the
 /// peers must be there (CI).
 fn have_parser(test: &str) -> bool {
-    let ok = Command::new("python3")
-        .args(["-c", "import prometheus_client.parser"])
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        assert!(
-            std::env::var_os("TLSFRONT_REQUIRE_PEERS").is_none(),
-            "TLSFRONT_REQUIRE_PEERS is set but prometheus_client is missing (pip install -r tests/peers/requirements.txt)"
-        );
-        eprintln!("SKIP {test}: prometheus_client not installed (pip install -r tests/peers/requirements.txt)");
-    }
-    ok
-}
-
-/// The endpoint's address, from its start-up log line.
-fn admin_addr(proxy: &Proxy) -> SocketAddr {
-    let line = proxy
-        .log_lines("admin listening")
-        .into_iter()
-        .next()
-        .unwrap_or_else(|| panic!("no `admin listening` line:\n{}", proxy.log()));
-    field(&line, "addr").unwrap().parse().unwrap()
+    have_peer(
+        test,
+        &["python3", "-c", "import prometheus_client.parser"],
+        "prometheus_client (pip install -r tests/peers/requirements.txt)",
+    )
 }
 
 /// Sends `request` and returns (status, body).

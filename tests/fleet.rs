@@ -16,20 +16,11 @@ use common::*;
 
 /// True when HAProxy is installed; panics when the peers must be there (CI).
 fn have_haproxy(test: &str) -> bool {
-    let ok = Command::new("haproxy")
-        .arg("-v")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        assert!(
-            std::env::var_os("TLSFRONT_REQUIRE_PEERS").is_none(),
-            "TLSFRONT_REQUIRE_PEERS is set but haproxy is missing (apt-get install haproxy)"
-        );
-        eprintln!("SKIP {test}: haproxy not installed");
-    }
-    ok
+    have_peer(
+        test,
+        &["haproxy", "-v"],
+        "haproxy (apt-get install haproxy)",
+    )
 }
 
 /// HAProxy in front of the instances; killed on drop.
@@ -79,15 +70,6 @@ fn splitter(env: &TestEnv, instances: &[(SocketAddr, SocketAddr)]) -> Splitter {
         "haproxy did not listen on {addr}"
     );
     s
-}
-
-fn admin_addr(proxy: &Proxy) -> SocketAddr {
-    let line = proxy
-        .log_lines("admin listening")
-        .into_iter()
-        .next()
-        .unwrap_or_else(|| panic!("no `admin listening` line:\n{}", proxy.log()));
-    field(&line, "addr").unwrap().parse().unwrap()
 }
 
 fn ready(admin: SocketAddr) -> u16 {

@@ -17,21 +17,11 @@ use common::*;
 
 /// True when the Python peers are installed; panics when they must be (CI).
 fn have_peers(test: &str) -> bool {
-    let ok = Command::new("python3")
-        .args(["-c", "import aiosmtpd"])
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        assert!(
-            std::env::var_os("TLSFRONT_REQUIRE_PEERS").is_none(),
-            "TLSFRONT_REQUIRE_PEERS is set but aiosmtpd is missing (pip install -r tests/peers/requirements.txt)"
-        );
-        eprintln!(
-            "SKIP {test}: aiosmtpd not installed (pip install -r tests/peers/requirements.txt)"
-        );
-    }
-    ok
+    have_peer(
+        test,
+        &["python3", "-c", "import aiosmtpd"],
+        "aiosmtpd (pip install -r tests/peers/requirements.txt)",
+    )
 }
 
 /// aiosmtpd on a free port (with STARTTLS when `tls` names a cert and key); its stdout lines

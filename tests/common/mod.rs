@@ -1524,6 +1524,36 @@ pub fn assert_idle_connections_hold_no_pipes(proxy: &Proxy, before: usize, held:
     }
 }
 
+/// Whether an outside peer the test needs is installed: `command` (program, args) exits 0.
+/// When it is not, the test is skipped (`SKIP test: what`), unless TLSFRONT_REQUIRE_PEERS
+/// is set (CI), where that is a failure.
+pub fn have_peer(test: &str, command: &[&str], what: &str) -> bool {
+    let ok = Command::new(command[0])
+        .args(&command[1..])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        assert!(
+            std::env::var_os("TLSFRONT_REQUIRE_PEERS").is_none(),
+            "TLSFRONT_REQUIRE_PEERS is set but {what} is missing"
+        );
+        eprintln!("SKIP {test}: {what} is not installed");
+    }
+    ok
+}
+
+/// The admin endpoint's address, from the proxy's `admin listening addr=` line.
+pub fn admin_addr(proxy: &Proxy) -> SocketAddr {
+    let line = proxy
+        .log_lines("admin listening")
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| panic!("no `admin listening` line:\n{}", proxy.log()));
+    field(&line, "addr").unwrap().parse().unwrap()
+}
+
 /// The numeric value of `key=` in a log line.
 pub fn num(line: &str, key: &str) -> u64 {
     field(line, key)
