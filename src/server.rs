@@ -16,7 +16,7 @@ use std::thread;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::config::{self, Backend, Config, Overrides, Service, TicketKeys};
 use crate::obs::admin::{self, AdminAddr, AdminListener};
@@ -496,7 +496,7 @@ pub fn run(mut config: Config, source: ReloadSource) -> Result<(), ServerError> 
             // removing it at exit relies on the directory being writable by the user
             // (systemd's RuntimeDirectory with Group=).
             if let Err(e) = crate::io::privilege::chown(path, to) {
-                warn!(path = %path.display(), error = %e, "cannot hand the socket file to {}", to.user);
+                debug!(path = %path.display(), error = %e, "cannot hand the socket file to {}", to.user);
             }
         }
         if let Err(source) = crate::io::privilege::drop_to(to) {
