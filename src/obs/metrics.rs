@@ -106,8 +106,6 @@ pub struct ServiceStats {
     pub accepted: Counter,
     /// Open connections (a gauge).
     pub active: Counter,
-    pub handshakes_full: Counter,
-    pub handshakes_resumed: Counter,
     /// Completed handshakes by suite (index in `suites()`) and resumption.
     handshakes: Vec<[Counter; 2]>,
     /// Failed handshakes by reason (index `CloseReason as usize`).
@@ -134,8 +132,6 @@ impl ServiceStats {
             worker,
             accepted: Counter::default(),
             active: Counter::default(),
-            handshakes_full: Counter::default(),
-            handshakes_resumed: Counter::default(),
             handshakes: suites().iter().map(|_| Default::default()).collect(),
             handshake_failures: reasons(),
             handshake_seconds: Histogram::default(),
@@ -154,16 +150,19 @@ impl ServiceStats {
         resumed: bool,
         took: Duration,
     ) {
-        if resumed {
-            self.handshakes_resumed.add(1);
-        } else {
-            self.handshakes_full.add(1);
-        }
         let index = suite.and_then(|s| suites().iter().position(|k| k.suite() == s.suite()));
         if let Some(i) = index {
             self.handshakes[i][resumed as usize].add(1);
         }
         self.handshake_seconds.observe(took);
+    }
+
+    /// Completed handshakes that were (`true`) or were not resumptions, over all suites.
+    pub fn handshakes(&self, resumed: bool) -> u64 {
+        self.handshakes
+            .iter()
+            .map(|h| h[resumed as usize].get())
+            .sum()
     }
 
     pub fn handshake_failed(&self, reason: CloseReason) {
@@ -512,9 +511,10 @@ mod tests {
     fn a_histogram_counts_each_observation_in_its_bucket_and_renders_cumulatively() {
         let registry = Registry::default();
         let s = registry.add_service("edge", 0);
-        s.handshake_done(None, false, Duration::from_micros(800));
-        s.handshake_done(None, true, Duration::from_millis(3));
-        s.handshake_done(None, false, Duration::from_secs(9));
+        let aes = Some(rustls::crypto::aws_lc_rs::cipher_suite::TLS13_AES_128_GCM_SHA256);
+        s.handshake_done(aes, false, Duration::from_micros(800));
+        s.handshake_done(aes, true, Duration::from_millis(3));
+        s.handshake_done(aes, false, Duration::from_secs(9));
         let text = render(&registry);
         let line = |le: &str| {
             let key = format!("tlsfront_handshake_duration_seconds_bucket{{service=\"edge\",worker=\"0\",le=\"{le}\"}} ");
@@ -540,8 +540,8 @@ mod tests {
             ),
             "{text}"
         );
-        assert_eq!(s.handshakes_full.get(), 2);
-        assert_eq!(s.handshakes_resumed.get(), 1);
+        assert_eq!(s.handshakes(false), 2);
+        assert_eq!(s.handshakes(true), 1);
     }
 
     #[test]

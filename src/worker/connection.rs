@@ -40,9 +40,8 @@ pub(super) struct Slot {
 }
 
 impl Slot {
+    /// Takes over the counts the accept loop made for this connection.
     pub(super) fn new(ctx: &Rc<WorkerCtx>, rt: &Rc<ServiceRt>) -> Slot {
-        obs::inc(&rt.stats.accepted);
-        obs::inc(&rt.stats.active);
         Slot {
             ctx: ctx.clone(),
             rt: rt.clone(),
@@ -52,8 +51,6 @@ impl Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let active = &self.rt.active;
-        active.set(active.get().saturating_sub(1));
         obs::dec(&self.ctx.stats.active);
         obs::dec(&self.rt.stats.active);
         obs::inc(&self.ctx.stats.closed);

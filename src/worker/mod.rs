@@ -86,8 +86,8 @@ pub(crate) struct ServiceRt {
     pub client_tls: Option<Arc<rustls::ClientConfig>>,
     /// This worker's share of `max_connections`.
     pub limit: u32,
-    /// Open connections of this service on this worker.
-    pub active: Rc<Cell<u32>>,
+    /// The service's counters on this worker; `stats.active` (open connections) is what
+    /// `limit` is held against.
     pub stats: Arc<ServiceStats>,
     /// Set when a reload replaced this configuration: its health checks stop (open
     /// connections still use it to their end).
@@ -113,12 +113,7 @@ pub(crate) struct RouteRt {
 }
 
 impl ServiceRt {
-    fn new(
-        config: &Arc<Config>,
-        index: usize,
-        active: Rc<Cell<u32>>,
-        stats: Arc<ServiceStats>,
-    ) -> Rc<ServiceRt> {
+    fn new(config: &Arc<Config>, index: usize, stats: Arc<ServiceStats>) -> Rc<ServiceRt> {
         let svc = &config.services[index];
         let workers = config.global.workers as u32;
         let extract = offload::may_offload(svc.ktls, config.kernel_tls.as_ref());
@@ -166,7 +161,6 @@ impl ServiceRt {
             routes,
             client_tls,
             limit: svc.tunables.max_connections.div_ceil(workers).max(1),
-            active,
             stats,
             retired: Cell::new(false),
             buffers: bufpool::BufPool::new(svc.tunables.buffer_size),
@@ -374,7 +368,7 @@ async fn worker_main(
         .into_iter()
         .map(|l| {
             let stats = ctx.service_stats(&spec.config, l.service);
-            let rt = ServiceRt::new(&spec.config, l.service, Rc::default(), stats);
+            let rt = ServiceRt::new(&spec.config, l.service, stats);
             start_listener(&ctx, l, rt)
         })
         .collect();
@@ -467,13 +461,9 @@ fn apply_reload(ctx: &Rc<WorkerCtx>, old: Vec<ListenerRt>, reload: Reload) -> Ve
                 let l = l.take().expect("found above");
                 let previous = l.current.borrow().clone();
                 previous.retired.set(true);
-                // The counters carry over unless the service was renamed.
-                let stats = if previous.stats.service == config.services[index].name {
-                    previous.stats.clone()
-                } else {
-                    ctx.service_stats(&config, index)
-                };
-                let rt = ServiceRt::new(&config, index, previous.active.clone(), stats);
+                // The counters (open connections among them, which the limit counts) go
+                // with the listener, under the name the service had when it was bound.
+                let rt = ServiceRt::new(&config, index, previous.stats.clone());
                 // Accepted sockets inherit the listener's options: give it the new ones.
                 let tunables = &rt.svc().tunables;
                 let applied = crate::io::sockopt::apply_stream_tunables(
@@ -495,7 +485,7 @@ fn apply_reload(ctx: &Rc<WorkerCtx>, old: Vec<ListenerRt>, reload: Reload) -> Ve
             }
             ListenerChange::New(listener) => {
                 let stats = ctx.service_stats(&config, index);
-                let rt = ServiceRt::new(&config, index, Rc::default(), stats);
+                let rt = ServiceRt::new(&config, index, stats);
                 next.push(start_listener(ctx, listener, rt));
             }
         }
@@ -531,8 +521,8 @@ fn log_service_stats(ctx: &WorkerCtx, rt: &ServiceRt) {
         "service stats worker={} service={} handshakes_full={} handshakes_resumed={}",
         ctx.id,
         rt.svc().name,
-        rt.stats.handshakes_full.get(),
-        rt.stats.handshakes_resumed.get()
+        rt.stats.handshakes(false),
+        rt.stats.handshakes(true)
     );
 }
 
@@ -543,10 +533,10 @@ async fn accept_loop(
 ) {
     loop {
         let rt = current.borrow().clone();
-        if rt.active.get() >= rt.limit {
+        if rt.stats.active.get() >= u64::from(rt.limit) {
             obs::inc(&ctx.stats.max_conn_pauses);
             debug!(worker = ctx.id, service = %rt.svc().name, limit = rt.limit, "max_connections reached: accept paused");
-            while rt.active.get() >= rt.limit && !ctx.draining.get() {
+            while rt.stats.active.get() >= u64::from(rt.limit) && !ctx.draining.get() {
                 ctx.conn_closed.notified().await;
             }
         }
@@ -562,7 +552,8 @@ async fn accept_loop(
                 let rt = current.borrow().clone();
                 obs::inc(&ctx.stats.accepted);
                 obs::inc(&ctx.stats.active);
-                rt.active.set(rt.active.get() + 1);
+                obs::inc(&rt.stats.accepted);
+                obs::inc(&rt.stats.active);
                 tokio_uring::spawn(connection::serve(ctx.clone(), rt, stream, peer));
             }
             // A closed listener (shutdown, or removed by a reload) fails its accept.
